@@ -1,0 +1,49 @@
+"""The ``incontext`` command line: one entry point, one module per subcommand.
+
+Each subcommand module in ``incontext.cli`` exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a callable taking the parsed
+arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from incontext import __version__
+
+# Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS: tuple[str, ...] = ()
+
+
+class CLIError(Exception):
+    """An error to show the user as one clear line (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incontext",
+        description="Few-shot, in-context medical image segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"incontext {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"incontext.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, FileNotFoundError, ValueError) as exc:
+        print(f"incontext {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"incontext {args.command}: interrupted", file=sys.stderr)
+        return 130
