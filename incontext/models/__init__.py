@@ -17,3 +17,29 @@ __all__ = [
     "pairwise_forward",
     "parameter_count",
 ]
+
+from incontext.models.io import (  # noqa: E402
+    WeightsError,
+    load,
+    load_foreign_checkpoint,
+    register_architecture,
+    save,
+)
+from incontext.models.registry import (  # noqa: E402
+    REGISTRY,
+    available_models,
+    create_model,
+    load_model,
+)
+
+__all__ += [
+    "REGISTRY",
+    "WeightsError",
+    "available_models",
+    "create_model",
+    "load",
+    "load_foreign_checkpoint",
+    "load_model",
+    "register_architecture",
+    "save",
+]

@@ -1,0 +1,258 @@
+"""In-context inference: segment queries from a support set, no training.
+
+``segment(model, query, support_images, support_labels)`` takes 2D arrays of any
+size and dtype, normalises and resizes them to the model's resolution, runs one
+binary task per foreground label value, optionally ensembles over random support
+subsets, and returns masks, probabilities and uncertainty at each query's size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from incontext.preprocessing import (
+    PreprocessingError,
+    normalize_intensity,
+    pad_to_square,
+    resize_image,
+    resize_mask_soft,
+    resize_probabilities,
+    to_grayscale,
+)
+
+ArrayLike = np.ndarray | torch.Tensor
+DEFAULT_SUPPORT_SIZE = 64
+
+
+class SupportSetError(ValueError):
+    """The support set or the queries cannot be used; the message says why."""
+
+
+@dataclass
+class Segmentation:
+    """Result for one query image (at the query's own size).
+
+    mask:          (H, W) label map (values from ``labels``; 0 = background)
+    probabilities: (L, H, W) mean foreground probability per label
+    uncertainty:   (L, H, W) std of the probability across ensemble members
+    labels:        the L foreground label values, in the order of the first axis
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    labels: list[int]
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _is_single_image(arr: np.ndarray) -> bool:
+    """(H,W) grey or (H,W,3|4) colour."""
+    return arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))
+
+
+def _as_image_list(images, what: str) -> list[np.ndarray]:
+    """One 2D image, a (N,H,W) stack, or a sequence of 2D images -> list of arrays."""
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        arr = _to_numpy(images)
+        if _is_single_image(arr):
+            return [arr]
+        if arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4)):
+            return list(arr)
+        if arr.ndim == 4 and arr.shape[1] == 1:  # (N,1,H,W)
+            return list(arr[:, 0])
+        raise SupportSetError(f"{what}: expected a 2D image, a (N,H,W) stack or a list of "
+                              f"2D images, got an array of shape {arr.shape}")
+    if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        return [_to_numpy(im) for im in images]
+    raise SupportSetError(f"{what}: expected arrays, got {type(images).__name__}")
+
+
+def _check_label_map(label: np.ndarray, i: int) -> np.ndarray:
+    if label.ndim != 2:
+        raise SupportSetError(f"support label {i}: expected a 2D label map, got shape "
+                              f"{label.shape}")
+    if label.dtype == bool:
+        return label.astype(np.int64)
+    if np.issubdtype(label.dtype, np.floating):
+        if not np.isfinite(label).all():
+            raise SupportSetError(f"support label {i}: contains NaN/inf")
+        if not np.array_equal(label, np.round(label)):
+            raise SupportSetError(
+                f"support label {i}: values are not integers (e.g. "
+                f"{label[label != np.round(label)].flat[0]:.3g}); give a label map of integer "
+                "values (0 = background)")
+        return label.astype(np.int64)
+    if not np.issubdtype(label.dtype, np.integer):
+        raise SupportSetError(f"support label {i}: unsupported dtype {label.dtype}")
+    return label.astype(np.int64)
+
+
+def _prepare_images(images: list[np.ndarray], size: int, what: str, modality: str,
+                    window) -> np.ndarray:
+    out = np.empty((len(images), size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        try:
+            gray = to_grayscale(image, f"{what} {i}")
+            norm = normalize_intensity(gray, modality, window, f"{what} {i}")
+        except PreprocessingError as exc:
+            raise SupportSetError(str(exc)) from exc
+        out[i] = resize_image(pad_to_square(norm), size)
+    return out
+
+
+def draw_support_subsets(pool: int, size: int, ensemble: int, seed: int) -> list[np.ndarray]:
+    """Sorted support indices for each ensemble member (all of them when size >= pool)."""
+    if size >= pool:
+        return [np.arange(pool) for _ in range(ensemble)]
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(pool, size, replace=False)) for _ in range(ensemble)]
+
+
+def _model_resolution(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "resolution", 128))
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, queries: torch.Tensor, support_images: torch.Tensor,
+                          support_labels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Sigmoid probabilities at model resolution.
+
+    queries (Q,H,W), support_images/labels (S,H,W) -> (Q,H,W); queries are run in
+    batches of ``batch_size`` against the same support set.
+    """
+    device = next(model.parameters()).device
+    s_img = support_images.to(device)[None, :, None]
+    s_lab = support_labels.to(device)[None, :, None]
+    outs = []
+    for start in range(0, queries.shape[0], batch_size):
+        q = queries[start:start + batch_size].to(device)[:, None]
+        b = q.shape[0]
+        logits = model(q, s_img.expand(b, -1, -1, -1, -1), s_lab.expand(b, -1, -1, -1, -1))
+        outs.append(torch.sigmoid(logits[:, 0].float()).cpu())
+    return torch.cat(outs)
+
+
+def segment(
+    model: nn.Module,
+    query,
+    support_images,
+    support_labels,
+    *,
+    ensemble: int = 1,
+    support_size: int | None = None,
+    threshold: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 8,
+    labels: Sequence[int] | None = None,
+    modality: str = "other",
+    window: Sequence[float] | None = None,
+) -> Segmentation | list[Segmentation]:
+    """Segment ``query`` image(s) from a support set of (image, label map) pairs.
+
+    query: one 2D image, a (Q,H,W) stack or a list of 2D images of any sizes.
+    support_images / support_labels: (S,H,W) stacks or lists of 2D arrays; each
+    label map holds integer values, 0 = background; every other value (or those
+    in ``labels``) is one binary task.
+    support_size: entries per forward pass (default: all, at most 64); with a
+    larger pool, each of the ``ensemble`` members uses a random subset (seeded)
+    and probabilities are averaged.
+    Returns one :class:`Segmentation` per query (a single one for a single 2D query).
+    """
+    if ensemble < 1:
+        raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
+    if not 0.0 < threshold < 1.0:
+        raise SupportSetError(f"threshold must be in (0, 1), got {threshold}")
+    single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
+    queries = _as_image_list(query, "query")
+    s_images = _as_image_list(support_images, "support_images")
+    s_labels = _as_image_list(support_labels, "support_labels")
+    if not s_images:
+        raise SupportSetError("the support set is empty: give at least one (image, label) pair")
+    if not queries:
+        raise SupportSetError("no query images given")
+    if len(s_images) != len(s_labels):
+        raise SupportSetError(f"{len(s_images)} support images but {len(s_labels)} support labels")
+    label_maps = []
+    for i, (img, lab) in enumerate(zip(s_images, s_labels, strict=True)):
+        lab = _check_label_map(lab, i)
+        if img.shape[:2] != lab.shape:
+            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
+                                  f"label shape {lab.shape}")
+        label_maps.append(lab)
+    for i, q in enumerate(queries):
+        if q.ndim not in (2, 3):
+            raise SupportSetError(f"query {i}: expected a 2D image, got shape {q.shape}")
+
+    present = sorted({int(v) for lab in label_maps for v in np.unique(lab) if v != 0})
+    wanted = [int(v) for v in labels] if labels is not None else present
+    if not present:
+        warnings.warn("every support label is empty: the prediction will be all background",
+                      stacklevel=2)
+    missing = [v for v in wanted if v not in present]
+    if missing and present:
+        warnings.warn(f"label value(s) {missing} do not occur in any support label",
+                      stacklevel=2)
+
+    size = _model_resolution(model)
+    q_arr = torch.from_numpy(_prepare_images(queries, size, "query", modality, window))
+    s_arr = torch.from_numpy(_prepare_images(s_images, size, "support image", modality, window))
+    pool = len(s_images)
+    k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
+    subsets = draw_support_subsets(pool, k, ensemble, seed)
+
+    n_lab = len(wanted)
+    n_q = len(queries)
+    member_probs = torch.zeros((ensemble, n_lab, n_q, size, size))
+    was_training = model.training
+    model.eval()
+    try:
+        for li, value in enumerate(wanted):
+            if value not in present:
+                continue  # probability stays 0
+            soft = torch.stack([resize_mask_soft(pad_to_square((lab == value).astype(np.float32)),
+                                                 size) for lab in label_maps])
+            for m, subset in enumerate(subsets):
+                idx = torch.from_numpy(subset)
+                member_probs[m, li] = predict_probabilities(
+                    model, q_arr, s_arr[idx], soft[idx], batch_size=batch_size)
+    finally:
+        model.train(was_training)
+
+    mean = member_probs.mean(dim=0)  # (L,Q,s,s)
+    std = (member_probs - mean).square().mean(dim=0).sqrt()
+    results = []
+    for qi, q in enumerate(queries):
+        shape = q.shape[:2]
+        prob = resize_probabilities(mean[:, qi], shape).numpy()
+        unc = resize_probabilities(std[:, qi], shape).numpy()
+        mask = np.zeros(shape, dtype=np.int64)
+        if n_lab:
+            best = prob.argmax(axis=0)
+            fg = prob.max(axis=0) >= threshold
+            mask[fg] = np.asarray(wanted)[best[fg]]
+        mask = mask.astype(_label_dtype(wanted))
+        results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
+                                    uncertainty=unc.astype(np.float32), labels=list(wanted)))
+    return results[0] if single else results
+
+
+def _label_dtype(values: Sequence[int]) -> np.dtype:
+    top = max(values, default=0)
+    lo = min(values, default=0)
+    if lo >= 0 and top <= 255:
+        return np.dtype(np.uint8)
+    if lo >= -32768 and top <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)

@@ -1,0 +1,92 @@
+"""Models by name (timm-style): architecture configs and where their weights live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from incontext.models.io import WeightsError, load, load_foreign_checkpoint
+from incontext.models.universeg import UniverSeg, UniverSegConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: how to build it and where its weights come from.
+
+    ``weights`` is a file name in ``incontext/weights/`` (shipped), or None when
+    the user must supply ``path=`` (e.g. the public UniverSeg file, which we
+    may not redistribute).
+    """
+
+    name: str
+    config: UniverSegConfig
+    weights: str | None
+    description: str
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+DEFAULT_MODEL: str | None = None  # set once shipped weights exist (see MODEL_CARD.md)
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(ModelSpec(
+    name="universeg-v1",
+    config=UniverSegConfig(encoder_widths=(64, 64, 64, 64), resolution=128),
+    weights=None,
+    description="Published UniverSeg v1 architecture (Butoi et al., ICCV 2023); load the "
+                "public universeg_v1_nf64_ss64_STA.pt with path=...",
+))
+
+
+def available_models() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def create_model(name: str) -> nn.Module:
+    """A registered architecture with freshly initialised weights."""
+    return UniverSeg(_spec(name).config)
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise WeightsError(f"unknown model {name!r}; available: {available_models()} "
+                           "(or give a path to a .safetensors file)")
+    return REGISTRY[name]
+
+
+def load_model(name: str | None = None, path: str | Path | None = None) -> nn.Module:
+    """Load a model by registry name, by weights path, or the default model.
+
+    * ``load_model()`` -> the shipped default model;
+    * ``load_model("universeg-v1", path="universeg_v1_nf64_ss64_STA.pt")`` -> the
+      published weights (read with ``torch.load(weights_only=True)``);
+    * ``load_model("path/to/model.safetensors")`` -> a model saved by ``incontext``.
+    """
+    if name is None:
+        if DEFAULT_MODEL is None:
+            raise WeightsError(
+                "no default model is shipped with this version of incontext yet; "
+                "pass a weights file (load_model('model.safetensors')) or "
+                "load_model('universeg-v1', path=...)"
+            )
+        name = DEFAULT_MODEL
+    if name not in REGISTRY and (name.endswith(".safetensors") or Path(name).exists()):
+        return load(name)
+    spec = _spec(name)
+    if path is not None:
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            return load(path)
+        return load_foreign_checkpoint(path, UniverSeg(spec.config))
+    if spec.weights is None:
+        raise WeightsError(f"model {name!r} has no shipped weights; pass path= to its weights "
+                           "file")
+    return load(WEIGHTS_DIR / spec.weights)

@@ -1,0 +1,138 @@
+"""incontext.segment: preprocessing round trip, batching, ensembling, multi-label, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import incontext
+from incontext.inference import SupportSetError, draw_support_subsets, segment
+from incontext.models import UniverSeg
+from incontext.preprocessing import resize_mask_soft
+
+
+class EchoQuery(nn.Module):
+    """Fake model whose probability is the (preprocessed) query intensity."""
+
+    def __init__(self, resolution=64):
+        super().__init__()
+        self.config = type("Cfg", (), {"resolution": resolution})()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, target, images, labels):
+        return torch.logit(target.clamp(1e-4, 1 - 1e-4))
+
+
+class MeanSupportLabel(nn.Module):
+    """Fake model whose probability is the mean support label (per pixel)."""
+
+    def __init__(self, resolution=32):
+        super().__init__()
+        self.config = type("Cfg", (), {"resolution": resolution})()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, target, images, labels):
+        return torch.logit(labels.mean(dim=1).clamp(1e-4, 1 - 1e-4))
+
+
+def _supports(n=6, shape=(40, 50), seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((n, *shape)).astype(np.float32)
+    labels = (rng.random((n, *shape)) > 0.5).astype(np.uint8)
+    return images, labels
+
+
+def test_resize_round_trip_preserves_geometry():
+    h, w = 90, 150  # non-square: padded to 150x150, resized to 64, back to 90x150
+    yy, xx = np.mgrid[0:h, 0:w]
+    query = (xx / (w - 1) * 0.6 + yy / (h - 1) * 0.4).astype(np.float32)
+    images, labels = _supports(2, (h, w))
+    result = segment(EchoQuery(64), query * 1000 + 5, images, labels)
+    assert result.mask.shape == (h, w)
+    assert result.probabilities.shape == (1, h, w)
+    inner = (slice(3, -3), slice(3, -3))
+    err = np.abs(result.probabilities[0][inner] - query[inner])
+    assert err.max() < 0.03
+
+
+def test_thin_structures_survive_label_resizing():
+    label = np.zeros((512, 512), np.float32)
+    label[:, 200] = 1  # one-pixel line, 4x thinner than an output pixel
+    soft = resize_mask_soft(label, 128)
+    assert soft.max() == pytest.approx(0.25)
+    assert (soft > 0).sum() == 128
+
+
+def test_batching_and_query_forms_agree():
+    torch.manual_seed(0)
+    model = UniverSeg(encoder_widths=(8, 8, 8), resolution=32)
+    images, labels = _supports(4)
+    queries = np.random.default_rng(1).random((5, 40, 50)).astype(np.float32)
+    a = segment(model, queries, images, labels, batch_size=1)
+    b = segment(model, list(queries), images, labels, batch_size=8)
+    c = segment(model, queries[2], images, labels)
+    assert isinstance(a, list) and len(a) == 5 and isinstance(c, incontext.inference.Segmentation)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.probabilities, y.probabilities, atol=1e-5)
+    np.testing.assert_allclose(c.probabilities, a[2].probabilities, atol=1e-5)
+    # queries of different sizes come back at their own sizes
+    mixed = segment(model, [queries[0], queries[1][:30, :20]], images, labels)
+    assert mixed[1].mask.shape == (30, 20)
+
+
+def test_ensemble_statistics_match_the_members():
+    n, k, members = 7, 3, 5
+    rng = np.random.default_rng(0)
+    images = rng.random((n, 32, 32)).astype(np.float32)
+    is_fg = np.array([1, 0, 1, 1, 0, 0, 1])
+    labels = np.stack([np.full((32, 32), v, np.uint8) for v in is_fg])
+    result = segment(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
+                     support_size=k, seed=3)
+    fractions = np.array([is_fg[s].mean() for s in draw_support_subsets(n, k, members, 3)])
+    assert len({tuple(s) for s in draw_support_subsets(n, k, members, 3)}) > 1
+    np.testing.assert_allclose(result.probabilities[0], fractions.mean(), atol=2e-3)
+    np.testing.assert_allclose(result.uncertainty[0], fractions.std(), atol=2e-3)
+    # same seed, same draws; one member has no spread
+    again = segment(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
+                    support_size=k, seed=3)
+    np.testing.assert_array_equal(again.probabilities, result.probabilities)
+    single = segment(MeanSupportLabel(32), images[0], images, labels)
+    assert np.all(single.uncertainty == 0)
+
+
+def test_multi_label_returns_label_map():
+    images = np.zeros((3, 32, 32), np.float32)
+    labels = np.zeros((3, 32, 32), np.int32)
+    labels[:, :16] = 3  # top half label 3, bottom-right quarter label 7
+    labels[:, 16:, 16:] = 7
+    result = segment(MeanSupportLabel(32), images[0], images, labels)
+    assert result.labels == [3, 7]
+    assert result.probabilities.shape == (2, 32, 32)
+    assert np.all(result.mask[:16] == 3)
+    assert np.all(result.mask[16:, 16:] == 7)
+    assert np.all(result.mask[16:, :16] == 0)
+
+
+def test_bad_inputs_have_clear_errors():
+    model = MeanSupportLabel()
+    images, labels = _supports(3)
+    q = images[0]
+    with pytest.raises(SupportSetError, match="empty"):
+        segment(model, q, [], [])
+    with pytest.raises(SupportSetError, match="does not match"):
+        segment(model, q, images, labels[:, :20])
+    with pytest.raises(SupportSetError, match="3 support images but 2"):
+        segment(model, q, images, labels[:2])
+    bad = images.copy()
+    bad[1, 3, 3] = np.nan
+    with pytest.raises(SupportSetError, match="support image 1.*NaN"):
+        segment(model, q, bad, labels)
+    with pytest.raises(SupportSetError, match="query 0.*NaN"):
+        segment(model, np.full((8, 8), np.inf), images, labels)
+    with pytest.raises(SupportSetError, match="shape"):
+        segment(model, np.zeros((2, 3, 4, 5)), images, labels)
+    with pytest.raises(SupportSetError, match="not integers"):
+        segment(model, q, images, labels * 0.5)
+    with pytest.warns(UserWarning, match="every support label is empty"):
+        result = segment(model, q, images, np.zeros_like(labels))
+    assert result.mask.sum() == 0

@@ -1,0 +1,88 @@
+"""safetensors + JSON round trip, registry, and safe loading of foreign checkpoints."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from incontext.models import (
+    UniverSeg,
+    WeightsError,
+    available_models,
+    create_model,
+    load,
+    load_model,
+    save,
+)
+
+
+def _small():
+    torch.manual_seed(0)
+    return UniverSeg(encoder_widths=(8, 8, 8), resolution=32)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = _small()
+    path = save(model, tmp_path / "m.safetensors", provenance={"steps": 3})
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["architecture"] == "universeg"
+    assert meta["config"]["encoder_widths"] == [8, 8, 8]
+    assert meta["provenance"] == {"steps": 3}
+    loaded = load(path)
+    assert loaded.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert isinstance(load_model(str(path)), UniverSeg)
+
+
+def test_missing_or_broken_files_name_the_file(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load(tmp_path / "nope.safetensors")
+    path = save(_small(), tmp_path / "m.safetensors")
+    path.write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="m.safetensors"):
+        load(path)
+    (tmp_path / "m.json").write_text("{")
+    with pytest.raises(WeightsError, match="m.json"):
+        load(path)
+    with pytest.raises(WeightsError, match=r"\.safetensors"):
+        save(_small(), tmp_path / "m.pt")
+
+
+def test_public_style_checkpoint_loads_strict(tmp_path):
+    reference = create_model("universeg-v1")
+    ckpt = tmp_path / "universeg_v1_nf64_ss64_STA.pt"
+    torch.save(reference.state_dict(), ckpt)
+    model = load_model("universeg-v1", path=ckpt)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    nested = tmp_path / "nested.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}},
+               nested)
+    load_model("universeg-v1", path=nested)
+
+
+def test_foreign_checkpoint_mismatch_and_pickles_are_refused(tmp_path):
+    bad = tmp_path / "small.pt"
+    torch.save(_small().state_dict(), bad)
+    with pytest.raises(WeightsError, match="shape mismatch|missing"):
+        load_model("universeg-v1", path=bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(WeightsError, match="safely"):
+        load_model("universeg-v1", path=evil)
+
+
+def test_registry():
+    assert "universeg-v1" in available_models()
+    with pytest.raises(WeightsError, match="unknown model"):
+        load_model("no-such-model")
+    with pytest.raises(WeightsError, match="path="):
+        load_model("universeg-v1")
