@@ -191,22 +191,38 @@ class LabelMapMasks(Mapping):
     """Read-only ``name -> bool mask`` view of an integer label map, built on access.
 
     Saves memory for many-label 3D volumes (45 FreeSurfer structures would be
-    ~300 MB as separate bool arrays). ``label_map`` and ``values`` stay available
-    for builders that prefer to store a label map.
+    ~300 MB as separate bool arrays). ``label_map`` and ``label_values`` stay available
+    for builders that prefer to store a label map. ``fixed`` adds precomputed masks
+    (e.g. thresholded tissue maps); ``names`` fixes the key order and may list labels
+    absent from both, which read as all-False masks.
     """
 
-    def __init__(self, label_map: np.ndarray, values: Mapping[str, int]):
+    def __init__(
+        self,
+        label_map: np.ndarray,
+        values: Mapping[str, int],
+        fixed: Mapping[str, np.ndarray] | None = None,
+        names: Iterable[str] | None = None,
+    ):
         self.label_map = label_map
-        self.values = dict(values)
+        self.label_values = dict(values)
+        self.fixed = dict(fixed or {})
+        self.names = list(names) if names is not None else [*self.fixed, *self.label_values]
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.label_map == self.values[name]
+        if name in self.fixed:
+            return self.fixed[name]
+        if name in self.label_values:
+            return self.label_map == self.label_values[name]
+        if name in self.names:
+            return np.zeros(self.label_map.shape, dtype=bool)
+        raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.names)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.names)
 
 
 def check_label_values(label_map: np.ndarray, allowed: Iterable[int], path: Path) -> None:
