@@ -1,0 +1,343 @@
+"""3D in-context segmentation, slice by slice, from a few labeled support volumes.
+
+Pipeline for one query volume and one label value:
+
+1. Intensities are normalised on the *whole* volume (query and each support), by
+   modality, with :func:`incontext.preprocessing.normalize_intensity` -- the code
+   path the task index uses, so 2D slices look like the slices the model was
+   trained on. Slices are then zero-padded to a square and resized to the model's
+   resolution without any further per-slice normalisation.
+2. The query is cut into slices along ``axis``. Query slice ``i`` of ``n`` sits at
+   relative position ``r = (i + 0.5) / n``. From each support volume that holds
+   the label, the support slices are those *within its labeled extent* (first to
+   last slice containing the label) whose own relative position is nearest ``r``;
+   each volume contributes an equal share of ``support_size`` slices.
+3. Probabilities are resized back to each slice's shape and stacked into a volume.
+   With ``planes=3`` this runs along all three axes and the probabilities are
+   averaged (tri-planar fusion); the uncertainty is then the standard deviation
+   over all planes and ensemble members.
+
+Default axis (:func:`choose_axis`): the axis the supports are densest in. For
+anisotropic voxels (largest / smallest spacing > 1.1) that is the slice axis, the one
+with the largest spacing, whose slices have the finest in-plane sampling. For
+(near-)isotropic voxels, or when no spacing is known, it is the axis along which the
+support volumes hold the most slices containing foreground (the largest support pool).
+Ties go to the last axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from incontext.inference import (
+    DEFAULT_SUPPORT_SIZE,
+    SupportSetError,
+    draw_support_subsets,
+    predict_probabilities,
+)
+from incontext.preprocessing import (
+    PreprocessingError,
+    normalize_intensity,
+    pad_to_square,
+    resize_image,
+    resize_mask_soft,
+    resize_probabilities,
+)
+
+# CT windows (HU) for common structure classes; ``None`` uses the preprocessing default.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "default": (-500.0, 1000.0),
+    "soft-tissue": (-160.0, 240.0),
+    "abdomen": (-150.0, 250.0),
+    "liver": (-50.0, 200.0),
+    "lung": (-1350.0, 150.0),
+    "bone": (-450.0, 1050.0),
+    "brain": (0.0, 80.0),
+    "vessels": (-100.0, 600.0),
+}
+ANISOTROPY_RATIO = 1.1
+
+
+class VolumeError(SupportSetError):
+    """Support or query volumes that cannot be used together; the message says why."""
+
+
+@dataclass
+class VolumeSegmentation:
+    """Result for one query volume (on the query's own grid).
+
+    mask:          (X, Y, Z) label map (0 = background)
+    probabilities: (L, X, Y, Z) mean foreground probability per label
+    uncertainty:   (L, X, Y, Z) std of the probability over ensemble members and planes
+    labels:        the L label values
+    axes:          the slicing axes used (one, or all three for tri-planar)
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    labels: list[int]
+    axes: tuple[int, ...]
+
+
+def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """``"LO,HI"``, a preset name from :data:`CT_WINDOWS`, a pair, or None -> (lo, hi) | None."""
+    if window is None:
+        return None
+    if isinstance(window, str):
+        key = window.strip().lower().replace("_", "-")
+        if key in CT_WINDOWS:
+            return CT_WINDOWS[key]
+        parts = window.split(",")
+        try:
+            lo, hi = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"window {window!r}: give LO,HI (e.g. -160,240) or one of "
+                             f"{', '.join(CT_WINDOWS)}") from None
+    else:
+        if len(window) != 2:
+            raise ValueError(f"window {window!r}: give two values (low, high)")
+        lo, hi = float(window[0]), float(window[1])
+    if not lo < hi:
+        raise ValueError(f"window {window!r}: low must be below high")
+    return lo, hi
+
+
+def normalize_volume(volume: np.ndarray, modality: str = "other",
+                     window: str | Sequence[float] | None = None,
+                     what: str = "volume") -> np.ndarray:
+    """Whole-volume intensity normalisation to [0, 1] (see module docstring)."""
+    try:
+        return normalize_intensity(volume, modality, resolve_window(window), what)
+    except PreprocessingError as exc:
+        raise VolumeError(str(exc)) from None
+
+
+def labeled_extent(label: np.ndarray, axis: int, value: int) -> tuple[int, int] | None:
+    """(first, last) slice index along ``axis`` containing ``value``, or None."""
+    other = tuple(a for a in range(label.ndim) if a != axis)
+    present = np.flatnonzero(np.any(label == value, axis=other))
+    if present.size == 0:
+        return None
+    return int(present[0]), int(present[-1])
+
+
+def choose_axis(support_labels: Sequence[np.ndarray],
+                spacings: Sequence[Sequence[float] | None] | None = None) -> int:
+    """The default slicing axis: where the supports are densest (see module docstring)."""
+    known = [np.asarray(s, dtype=float)[:3] for s in (spacings or []) if s is not None
+             and len(s) >= 3 and np.all(np.asarray(s[:3], dtype=float) > 0)]
+    if known:
+        mean = np.mean(known, axis=0)
+        if mean.max() / mean.min() > ANISOTROPY_RATIO:
+            return int(2 - np.argmax(mean[::-1]))  # largest spacing, ties -> last axis
+    counts = np.zeros(3)
+    for lab in support_labels:
+        fg = np.asarray(lab) != 0
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            counts[axis] += int(np.any(fg, axis=other).sum())
+    return int(2 - np.argmax(counts[::-1]))
+
+
+def nearest_support_slices(n_query: int, index: int, n_support: int, extent: tuple[int, int],
+                           count: int) -> list[int]:
+    """The ``count`` slices of a support volume within ``extent`` nearest (in relative
+    position) to query slice ``index`` of ``n_query``; sorted."""
+    lo, hi = extent
+    centre = (index + 0.5) / n_query * n_support - 0.5
+    candidates = np.arange(lo, hi + 1)
+    order = np.argsort(np.abs(candidates - centre), kind="stable")
+    return sorted(int(c) for c in candidates[order[:count]])
+
+
+def _label_dtype(values: Sequence[int]) -> np.dtype:
+    lo, hi = min(values, default=0), max(values, default=0)
+    if lo >= 0 and hi <= 255:
+        return np.dtype(np.uint8)
+    if lo >= -32768 and hi <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _model_resolution(model: nn.Module) -> int:
+    return int(getattr(getattr(model, "config", None), "resolution", 128))
+
+
+class _SliceCache:
+    """Resized slices of one normalised volume along one axis, computed on demand."""
+
+    def __init__(self, volume: np.ndarray, axis: int, size: int):
+        self.volume, self.axis, self.size = volume, axis, size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __call__(self, index: int) -> torch.Tensor:
+        if index not in self._cache:
+            sl = np.take(self.volume, index, axis=self.axis)
+            self._cache[index] = torch.from_numpy(resize_image(pad_to_square(sl), self.size))
+        return self._cache[index]
+
+
+def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.ndarray]],
+                  value: int, axis: int, *, size: int, support_size: int, ensemble: int,
+                  seed: int, batch_size: int, image_caches: dict,
+                  progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) probability volumes (X, Y, Z) for one label along one axis."""
+    n_q = query.shape[axis]
+    usable = []
+    for v, (_img, lab) in enumerate(supports):
+        extent = labeled_extent(lab, axis, value)
+        if extent is not None:
+            usable.append((v, extent))
+    mean = np.zeros(query.shape, dtype=np.float32)
+    var = np.zeros(query.shape, dtype=np.float32)
+    if not usable:
+        if progress:
+            progress(n_q)
+        return mean, var
+    n_pool_max = sum(hi - lo + 1 for _, (lo, hi) in usable)
+    k = min(support_size, n_pool_max)
+    share = math.ceil(k / len(usable)) * (2 if ensemble > 1 else 1)
+    # Group query slices by their support pool so each group runs as one batch.
+    groups: dict[tuple, list[int]] = {}
+    for i in range(n_q):
+        pool = tuple((v, j) for v, ext in usable
+                     for j in nearest_support_slices(n_q, i, supports[v][0].shape[axis], ext,
+                                                     share))
+        groups.setdefault(pool, []).append(i)
+    q_cache = image_caches.setdefault(("query", axis), _SliceCache(query, axis, size))
+    slice_shape = tuple(s for a, s in enumerate(query.shape) if a != axis)
+    mean_view = np.moveaxis(mean, axis, 0)
+    var_view = np.moveaxis(var, axis, 0)
+    for g, (pool, members) in enumerate(groups.items()):
+        s_img = torch.stack([image_caches.setdefault((v, axis), _SliceCache(
+            supports[v][0], axis, size))(j) for v, j in pool])
+        s_lab = torch.stack([resize_mask_soft(pad_to_square(
+            (np.take(supports[v][1], j, axis=axis) == value).astype(np.float32)), size)
+            for v, j in pool])
+        q = torch.stack([q_cache(i) for i in members])
+        subsets = draw_support_subsets(len(pool), min(k, len(pool)), ensemble, seed + g)
+        probs = torch.stack([predict_probabilities(model, q, s_img[torch.from_numpy(sub)],
+                                                   s_lab[torch.from_numpy(sub)], batch_size)
+                             for sub in subsets])  # (E, Q, s, s)
+        m = probs.mean(0)
+        vr = (probs - m).square().mean(0)
+        m_full = resize_probabilities(m, slice_shape).numpy()
+        v_full = resize_probabilities(vr, slice_shape).numpy().clip(min=0)
+        for row, i in enumerate(members):
+            mean_view[i] = m_full[row]
+            var_view[i] = v_full[row]
+        if progress:
+            progress(len(members))
+    return mean, var
+
+
+def segment_volume(
+    model: nn.Module,
+    query: np.ndarray,
+    support_images: Sequence[np.ndarray],
+    support_labels: Sequence[np.ndarray],
+    *,
+    labels: Sequence[int] | None = None,
+    axis: int | None = None,
+    planes: int = 1,
+    ensemble: int = 1,
+    support_size: int | None = None,
+    threshold: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 8,
+    modality: str = "other",
+    window: str | Sequence[float] | None = None,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VolumeSegmentation:
+    """Segment a 3D ``query`` from labeled support volumes, slice by slice.
+
+    support_images / support_labels: 3D arrays (any shapes; each pair must match).
+    labels: label values to segment (default: all non-zero values in the supports).
+    axis: slicing axis (default :func:`choose_axis`); planes=3: all axes, averaged.
+    support_size: support slices per query slice (default 64), shared equally among
+    the support volumes holding the label. spacings: support voxel sizes (for the
+    default axis). progress(n) is called as query slices finish
+    (total = :func:`slice_steps`).
+    """
+    if planes not in (1, 3):
+        raise VolumeError(f"planes must be 1 or 3, got {planes}")
+    if ensemble < 1:
+        raise VolumeError(f"ensemble must be >= 1, got {ensemble}")
+    if not 0.0 < threshold < 1.0:
+        raise VolumeError(f"threshold must be in (0, 1), got {threshold}")
+    query = np.asarray(query)
+    if query.ndim != 3:
+        raise VolumeError(f"query: expected a 3D volume, got shape {query.shape}")
+    if len(support_images) != len(support_labels):
+        raise VolumeError(f"{len(support_images)} support volumes but {len(support_labels)} "
+                          "support labels")
+    if not support_images:
+        raise VolumeError("the support set is empty: give at least one labeled volume")
+    for i, (img, lab) in enumerate(zip(support_images, support_labels, strict=True)):
+        if np.ndim(img) != 3 or np.ndim(lab) != 3:
+            raise VolumeError(f"support {i}: expected 3D image and label, got shapes "
+                              f"{np.shape(img)} and {np.shape(lab)}")
+        if np.shape(img) != np.shape(lab):
+            raise VolumeError(f"support {i}: image shape {np.shape(img)} does not match label "
+                              f"shape {np.shape(lab)}")
+    if axis is not None and axis not in (0, 1, 2):
+        raise VolumeError(f"axis must be 0, 1 or 2, got {axis}")
+    present = sorted({int(v) for lab in support_labels for v in np.unique(lab) if v != 0})
+    wanted = [int(v) for v in labels] if labels is not None else present
+    missing = [v for v in wanted if v not in present]
+    if missing:
+        raise VolumeError(f"label value(s) {missing} occur in no support label "
+                          f"(present: {present or 'none'})")
+    if not wanted:
+        raise VolumeError("every support label is empty: nothing to segment")
+
+    size = _model_resolution(model)
+    q_norm = normalize_volume(query, modality, window, "query")
+    supports = [(normalize_volume(img, modality, window, f"support {i}"),
+                 np.asarray(lab).astype(np.int64))
+                for i, (img, lab) in enumerate(zip(support_images, support_labels, strict=True))]
+    if planes == 3:
+        axes: tuple[int, ...] = (0, 1, 2)
+    else:
+        axes = (axis if axis is not None else choose_axis(support_labels, spacings),)
+    k = support_size or DEFAULT_SUPPORT_SIZE
+    if k < 1:
+        raise VolumeError(f"support_size must be >= 1, got {k}")
+
+    n_lab = len(wanted)
+    prob = np.zeros((n_lab, *query.shape), dtype=np.float32)
+    second = np.zeros((n_lab, *query.shape), dtype=np.float32)  # E[p^2] over planes/members
+    caches: dict = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for li, value in enumerate(wanted):
+            for ax in axes:
+                m, v = _segment_axis(model, q_norm, supports, value, ax, size=size,
+                                     support_size=k, ensemble=ensemble, seed=seed,
+                                     batch_size=batch_size, image_caches=caches,
+                                     progress=progress)
+                prob[li] += m / len(axes)
+                second[li] += (v + m * m) / len(axes)
+    finally:
+        model.train(was_training)
+    uncertainty = np.sqrt(np.clip(second - prob * prob, 0, None)).astype(np.float32)
+    mask = np.zeros(query.shape, dtype=np.int64)
+    best = prob.argmax(axis=0)
+    fg = prob.max(axis=0) >= threshold
+    mask[fg] = np.asarray(wanted)[best[fg]]
+    return VolumeSegmentation(mask=mask.astype(_label_dtype(wanted)), probabilities=prob,
+                              uncertainty=uncertainty, labels=wanted, axes=axes)
+
+
+def slice_steps(shape: Sequence[int], n_labels: int, axes: Sequence[int]) -> int:
+    """Progress steps :func:`segment_volume` reports for a query of ``shape`` (resolved axes)."""
+    return n_labels * int(sum(shape[a] for a in axes))
