@@ -1,0 +1,43 @@
+"""``incontext train``: meta-train a model from a TOML config (single process or torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="meta-train an in-context model on task indexes and synthetic tasks",
+        description=(
+            "Meta-train an in-context segmentation model. Start a run with --config "
+            "(and --index files, else synthetic tasks only); continue an interrupted run "
+            "with --resume RUN_DIR. Multi-process: torchrun --nproc_per_node N -m incontext "
+            "train ..."
+        ),
+    )
+    parser.add_argument("--config", type=Path, metavar="CONFIG.toml",
+                        help="training config (see configs/); not needed with --resume")
+    parser.add_argument("--index", type=Path, action="append", default=[], metavar="FILE.h5",
+                        help="task index to train on (repeatable; adds to data.indexes)")
+    parser.add_argument("--out", type=Path, metavar="RUN_DIR",
+                        help="run directory (default runs/<name>-<timestamp>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or summary table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from incontext.training import train
+
+    if args.resume is not None and args.out is not None and args.out != args.resume:
+        raise ValueError("--out and --resume name different run directories; use one")
+    if args.resume is None and args.config is None:
+        raise ValueError("--config CONFIG.toml is required (or --resume RUN_DIR)")
+    summary = train(args.config, indexes=args.index, run_dir=args.resume or args.out,
+                    resume=args.resume is not None,
+                    progress=False if args.no_progress else None)
+    return 130 if summary.interrupted else 0

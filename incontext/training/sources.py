@@ -1,0 +1,248 @@
+"""Where training episodes come from: an index of real tasks, synthetic tasks, or a mix.
+
+An :class:`EpisodeSource` draws one binary episode per call from a
+``numpy.random.Generator`` (so sampling is reproducible and resumable) and can
+build a fixed list of validation episodes. Adapters:
+
+* :class:`IndexSource` — tasks in one or more HDF5 task indexes; hierarchical
+  sampling dataset -> task (one binary label per task) -> subjects;
+* :class:`SyntheticSource` — on-the-fly synthetic tasks (``generate_synthetic_task``),
+  one label of the task's label map per episode;
+* :class:`MixedSource` — picks a source per episode with fixed weights.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from incontext.data.episode import Episode
+from incontext.preprocessing import resize_image, resize_mask_nearest
+
+SyntheticGenerator = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+class SourceError(ValueError):
+    """A source cannot produce the requested episodes (message says why)."""
+
+
+class EpisodeSource(Protocol):
+    name: str
+
+    def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
+        """One training episode: ``support_size`` entries and ``n_queries`` queries."""
+        ...
+
+    def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
+                            seed: int, max_tasks: int = 0) -> list[Episode]:
+        """Fixed validation episodes (``episode.task`` names the task)."""
+        ...
+
+
+def _resize_episode(episode: Episode, size: int) -> Episode:
+    if episode.support_images.shape[-1] == size and episode.support_images.shape[-2] == size:
+        return episode
+
+    def images(x: np.ndarray) -> np.ndarray:
+        return np.stack([resize_image(im, size) for im in x]).astype(np.float32)
+
+    def labels(x: np.ndarray) -> np.ndarray:
+        return np.stack([resize_mask_nearest(m, size) for m in x]).astype(np.float32)
+
+    return Episode(
+        task=episode.task, dataset=episode.dataset,
+        support_images=images(episode.support_images),
+        support_labels=labels(episode.support_labels),
+        query_images=images(episode.query_images), query_labels=labels(episode.query_labels),
+        support_subjects=list(episode.support_subjects),
+        query_subjects=list(episode.query_subjects), spacing=None,
+    )
+
+
+def _pick_subjects(rng: np.random.Generator, n: int, support_size: int,
+                   n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct queries; support from the other subjects (with replacement if too few)."""
+    if n < n_queries + 1:
+        raise SourceError(f"needs at least {n_queries + 1} subjects, the task has {n}")
+    order = rng.permutation(n)
+    queries, rest = order[:n_queries], order[n_queries:]
+    if len(rest) >= support_size:
+        support = rest[:support_size]
+    else:
+        support = rng.choice(rest, size=support_size, replace=True)
+    return support, queries
+
+
+class SyntheticSource:
+    """Synthetic tasks generated on the fly from integer task seeds.
+
+    ``generator(task_seed, n_subjects, size) -> (images (N,size,size) float32 in
+    [0,1], label maps (N,size,size) int)``; defaults to
+    ``data_recipes.synthetic.generate_synthetic_task``. Generated tasks are kept
+    in an LRU cache of ``cache_size`` tasks (results never depend on the cache).
+    """
+
+    def __init__(self, task_seeds: Sequence[int], n_subjects: int, resolution: int,
+                 generator: SyntheticGenerator | None = None, cache_size: int = 256,
+                 name: str = "synthetic") -> None:
+        if not task_seeds:
+            raise SourceError(f"{name}: no synthetic task seeds")
+        self.task_seeds = [int(s) for s in task_seeds]
+        self.n_subjects = n_subjects
+        self.resolution = resolution
+        self.generator = generator or _default_generator()
+        self.cache_size = cache_size
+        self.name = name
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _task(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if seed in self._cache:
+            self._cache.move_to_end(seed)
+            return self._cache[seed]
+        images, maps = self.generator(seed, self.n_subjects, self.resolution)
+        images = np.asarray(images, dtype=np.float32)
+        maps = np.asarray(maps)
+        expected = (self.n_subjects, self.resolution, self.resolution)
+        if images.shape != expected or maps.shape != expected:
+            raise SourceError(f"{self.name}: generator returned shapes {images.shape}, "
+                              f"{maps.shape} for task seed {seed}; expected {expected}")
+        labels = np.unique(maps)
+        labels = labels[labels != 0]
+        if labels.size == 0:
+            raise SourceError(f"{self.name}: task seed {seed} has no foreground label")
+        entry = (images, maps, labels)
+        self._cache[seed] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _episode(self, rng: np.random.Generator, seed: int, support_size: int,
+                 n_queries: int) -> Episode:
+        images, maps, labels = self._task(seed)
+        label = labels[int(rng.integers(len(labels)))]
+        support, queries = _pick_subjects(rng, len(images), support_size, n_queries)
+        binary = (maps == label).astype(np.float32)
+        return Episode(
+            task=f"{self.name}/{seed}/label-{int(label)}", dataset=self.name,
+            support_images=images[support], support_labels=binary[support],
+            query_images=images[queries], query_labels=binary[queries],
+            support_subjects=[f"{seed}/{i}" for i in support],
+            query_subjects=[f"{seed}/{i}" for i in queries],
+        )
+
+    def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
+        seed = self.task_seeds[int(rng.integers(len(self.task_seeds)))]
+        return self._episode(rng, seed, support_size, n_queries)
+
+    def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
+                            seed: int, max_tasks: int = 0) -> list[Episode]:
+        rng = np.random.default_rng([seed, 0x5E])
+        seeds = self.task_seeds[:max_tasks] if max_tasks else self.task_seeds
+        return [self._episode(rng, s, support_size, n_queries)
+                for s in seeds for _ in range(episodes_per_task)]
+
+
+def _default_generator() -> SyntheticGenerator:
+    try:
+        from data_recipes.synthetic import generate_synthetic_task
+    except ImportError as exc:
+        raise SourceError("synthetic tasks need data_recipes.synthetic.generate_synthetic_task, "
+                          f"which could not be imported: {exc}") from None
+    return generate_synthetic_task
+
+
+def synthetic_seeds(base_seed: int, n_train: int, n_val: int) -> tuple[list[int], list[int]]:
+    """Disjoint task seeds for training and held-back validation synthetic tasks."""
+    base = int(base_seed) * 10_000_000
+    return list(range(base, base + n_train)), list(range(base + n_train, base + n_train + n_val))
+
+
+class IndexSource:
+    """Tasks of a task index (``incontext.data.TaskIndex``), sampled dataset -> task.
+
+    A dataset is drawn with probability proportional to ``dataset_weights``
+    (default 1 each; 0 excludes it), then one of its tasks uniformly; every task
+    is one binary label, so multi-label datasets are sampled a label at a time.
+    With ``skip_empty`` only slices showing the label are used. Episodes are
+    resized to ``resolution`` when the index stores another size.
+    """
+
+    def __init__(self, index: Any, resolution: int, split: str = "train", val_split: str = "val",
+                 dataset_weights: dict[str, float] | None = None, skip_empty: bool = True,
+                 name: str = "index") -> None:
+        self.index = index
+        self.resolution = resolution
+        self.split = split
+        self.val_split = val_split
+        self.skip_empty = skip_empty
+        self.name = name
+        weights = dict(dataset_weights or {})
+        by_dataset: dict[str, list[str]] = {}
+        for task in index.tasks:
+            if self._subjects(task.name, split) >= 2:
+                by_dataset.setdefault(task.dataset, []).append(task.name)
+        unknown = sorted(set(weights) - set(by_dataset))
+        if unknown:
+            raise SourceError(f"data.dataset_weights names datasets not in the index(es): "
+                              f"{unknown} (have: {sorted(by_dataset)})")
+        self.datasets = sorted(d for d in by_dataset if weights.get(d, 1.0) > 0)
+        if not self.datasets:
+            raise SourceError(f"no task in the index(es) has 2 or more subjects in split "
+                              f"{split!r}" + (" with foreground" if skip_empty else ""))
+        self.tasks = {d: sorted(by_dataset[d]) for d in self.datasets}
+        w = np.array([weights.get(d, 1.0) for d in self.datasets], dtype=np.float64)
+        self.dataset_p = w / w.sum()
+
+    def _subjects(self, task: str, split: str) -> int:
+        return int(self.index.pool(task, split, self.skip_empty).n_subjects)
+
+    def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
+        dataset = self.datasets[int(rng.choice(len(self.datasets), p=self.dataset_p))]
+        tasks = self.tasks[dataset]
+        task = tasks[int(rng.integers(len(tasks)))]
+        episode = self.index.episode(task, self.split, support_size, n_queries, rng,
+                                     skip_empty=self.skip_empty)
+        return _resize_episode(episode, self.resolution)
+
+    def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
+                            seed: int, max_tasks: int = 0) -> list[Episode]:
+        """Queries from the val split, support from the train split, of each training task."""
+        rng = np.random.default_rng([seed, 0x1D])
+        names = [t for d in self.datasets for t in self.tasks[d]
+                 if self._subjects(t, self.val_split) >= 1]
+        if max_tasks and len(names) > max_tasks:
+            names = sorted(rng.choice(names, size=max_tasks, replace=False).tolist())
+        return [
+            _resize_episode(self.index.episode(name, self.val_split, support_size, n_queries, rng,
+                                               skip_empty=self.skip_empty,
+                                               support_split=self.split), self.resolution)
+            for name in names for _ in range(episodes_per_task)
+        ]
+
+
+class MixedSource:
+    """Draws each episode from one of several sources with fixed probabilities."""
+
+    def __init__(self, sources: Sequence[tuple[EpisodeSource, float]]) -> None:
+        kept = [(s, float(w)) for s, w in sources if w > 0]
+        if not kept:
+            raise SourceError("no episode source with a positive weight")
+        self.sources = [s for s, _ in kept]
+        w = np.array([w for _, w in kept])
+        self.p = w / w.sum()
+        self.name = "+".join(s.name for s in self.sources)
+
+    def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
+        i = int(rng.choice(len(self.sources), p=self.p)) if len(self.sources) > 1 else 0
+        return self.sources[i].sample(rng, support_size, n_queries)
+
+    def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
+                            seed: int, max_tasks: int = 0) -> list[Episode]:
+        out: list[Episode] = []
+        for source in self.sources:
+            out.extend(source.validation_episodes(support_size, n_queries, episodes_per_task,
+                                                  seed, max_tasks))
+        return out
