@@ -3,9 +3,9 @@
 One label, ``lesion`` = union of all mask files of an image (normal images: empty).
 The source has many duplicated images (also across benign/malignant, with slightly
 different crops): images whose 16x16 grey thumbnails correlate above 0.995 are
-grouped into one subject (union-find), so splits by subject never leak a duplicate.
-The subject id is the first member's ``<class>_NNN``; ``extra["image_id"]`` is each
-image's own id and ``extra["class"]`` its class.
+grouped (union-find) under one ``extra["split_group"]`` (the first member's id),
+which the index builder splits by, so a duplicate never leaks across splits. The
+subject id is the image's own ``<class>_NNN``; ``extra["class"]`` is its class.
 """
 
 from __future__ import annotations
@@ -108,10 +108,11 @@ class BUSIRecipe:
             paths_.update({f"mask{i}": m for i, m in enumerate(masks)})
             refs.append(
                 SubjectRef(
-                    subject_id=group, paths=paths_, extra={"image_id": image_id, "class": cls}
+                    subject_id=image_id, paths=paths_,
+                    extra={"split_group": group, "class": cls},
                 )
             )
-        refs.sort(key=lambda r: (r.subject_id, r.extra["image_id"]))
+        refs.sort(key=lambda r: r.subject_id)
         return refs
 
     def load(self, ref: SubjectRef) -> Subject:

@@ -1,8 +1,8 @@
 """HC18 fetal head ultrasound: ``training_set/NNN_[k]HC.png`` + ``_Annotation.png`` (0/255).
 
-Frames ``NNN_HC``, ``NNN_2HC``, ... of one examination share the subject id ``NNN``
-(so splits by subject never separate them); ``ref.extra["image_id"]`` is the file
-stem. Spacing comes from ``training_set_pixel_size_and_HC.csv``: the CSV pixel size
+The subject id is the file stem (``000_HC``, ``000_2HC``); frames of one examination
+share ``ref.extra["split_group"]`` = ``NNN``, which the index builder splits by, so
+frames of one examination never land in different splits. Spacing comes from ``training_set_pixel_size_and_HC.csv``: the CSV pixel size
 refers to the original 800x540 images, so for the 256x173 files here it is scaled by
 800 / 256; files of other sizes (original size unknown) get no spacing.
 """
@@ -60,17 +60,17 @@ class HC18Recipe:
             m = _STEM.match(image.stem)
             if not m:
                 continue
-            extra = {"image_id": image.stem}
+            extra = {"split_group": m.group(1)}
             if image.name in sizes:
                 extra["csv_pixel_size_mm"] = sizes[image.name]
             refs.append(
                 SubjectRef(
-                    subject_id=m.group(1),
+                    subject_id=image.stem,
                     paths={"image": image, "fetal head": folder / f"{image.stem}_Annotation.png"},
                     extra=extra,
                 )
             )
-        refs.sort(key=lambda r: (r.subject_id, r.extra["image_id"]))
+        refs.sort(key=lambda r: r.subject_id)
         return refs
 
     def load(self, ref: SubjectRef) -> Subject:

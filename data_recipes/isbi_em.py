@@ -3,8 +3,9 @@
 Label: ``membrane`` = pixels with value 0 in the label files (255 is cell interior),
 the challenge's segmentation target; cell interior is its complement and is not a
 separate task. The 30 sections are consecutive slices of one stack, so contiguous
-blocks of ``block`` sections (default 5) form one subject (``sections_00-04``, ...);
-``extra["image_id"]`` is the section number. Pixels are about 4 nm.
+blocks of ``block`` sections (default 5) share ``extra["split_group"]``
+(``sections_00-04``, ...), which the index builder splits by; the subject id is the
+section (``section_07``). Pixels are about 4 nm.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class ISBIEMRecipe:
             group = f"sections_{start:02d}-{start + self.block - 1:02d}"
             refs.append(
                 SubjectRef(
-                    subject_id=group,
+                    subject_id=f"section_{n:02d}",
                     paths={"image": root / "image" / f"{n}.png",
                            "membrane": root / "label" / f"{n}.png"},
-                    extra={"image_id": str(n), "section": n},
+                    extra={"split_group": group, "section": n},
                 )
             )
         return refs

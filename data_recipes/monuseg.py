@@ -1,8 +1,8 @@
 """MoNuSeg H&E nuclei: ``datasets/MoNuSegTrainingData/{Tissue_Images,Binary_masks}/<id>.png``.
 
-Masks are 0/1 (1 = nucleus). Subject id = TCGA patient barcode (first three fields
-of the image id, e.g. ``TCGA-21-5784``) so images of one patient stay together;
-``extra["image_id"]`` is the full id. Pixels are about 0.5 um after downsampling.
+Masks are 0/1 (1 = nucleus). Subject id = image id; ``extra["split_group"]`` = TCGA patient
+barcode (first three fields, e.g. ``TCGA-21-5784``), which the index builder splits
+by, so images of one patient stay together. Pixels are about 0.5 um after downsampling.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ class MoNuSegRecipe:
             patient = "-".join(image.stem.split("-")[:3])
             refs.append(
                 SubjectRef(
-                    subject_id=patient,
+                    subject_id=image.stem,
                     paths={"image": image, "nucleus": root / "Binary_masks" / image.name},
-                    extra={"image_id": image.stem},
+                    extra={"split_group": patient},
                 )
             )
         if not refs:
             raise RecipeError(f"{root / 'Tissue_Images'}: no <id>.png images found")
-        refs.sort(key=lambda r: (r.subject_id, r.extra["image_id"]))
+        refs.sort(key=lambda r: r.subject_id)
         return refs
 
     def load(self, ref: SubjectRef) -> Subject:

@@ -73,7 +73,7 @@ def test_real_dataset_first_subjects(name):
     assert len(set(info.label_names)) == len(info.label_names)
     refs = recipe.subjects(source)
     assert refs, name
-    keys = [(r.sub_dataset, r.subject_id, r.extra.get("image_id", "")) for r in refs]
+    keys = [(r.sub_dataset, r.subject_id) for r in refs]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)  # sorted, stable, unique
     assert [r.subject_id for r in recipe.subjects(source)] == [r.subject_id for r in refs]
     fg = dict.fromkeys(info.label_names, False)
@@ -114,15 +114,16 @@ def test_real_grouping_of_related_images():
     if not src.exists():
         pytest.skip(f"{src} not present")
     refs = hc18.RECIPE.subjects(src)
-    by_image = {r.extra["image_id"]: r.subject_id for r in refs}
-    frames = [k for k in by_image if not k.startswith(by_image[k] + "_HC")]
+    group = {r.subject_id: r.extra["split_group"] for r in refs}
+    frames = [k for k in group if not k.endswith("_HC")]
     assert frames, "expected further frames NNN_kHC"
     for stem in frames:
-        assert by_image[stem] == stem.split("_")[0]
-    s = hc18.RECIPE.load(next(r for r in refs if r.extra["image_id"] == "000_HC"))
+        exam = stem.split("_")[0]
+        assert group[stem] == group.get(f"{exam}_HC", exam) == exam
+    s = hc18.RECIPE.load(next(r for r in refs if r.subject_id == "000_HC"))
     assert s.spacing is not None and 0.05 < s.spacing[0] < 1.0  # mm per pixel at 256 px
     em = isbi_em.RECIPE.subjects(_source("isbi_em"))
-    assert len({r.subject_id for r in em}) == 6  # blocks of 5 consecutive sections
+    assert len({r.extra["split_group"] for r in em}) == 6  # blocks of 5 consecutive sections
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -155,8 +156,8 @@ def _hc18_fixture(root: Path, mask: np.ndarray | None = None) -> Path:
 def test_fixture_hc18_groups_frames_and_loads(tmp_path):
     src = _hc18_fixture(tmp_path)
     refs = hc18.RECIPE.subjects(src)
-    assert [(r.subject_id, r.extra["image_id"]) for r in refs] == [
-        ("000", "000_2HC"), ("000", "000_HC"), ("001", "001_HC")]
+    assert [(r.subject_id, r.extra["split_group"]) for r in refs] == [
+        ("000_2HC", "000"), ("000_HC", "000"), ("001_HC", "001")]
     s = hc18.RECIPE.load(refs[0])
     assert s.image.shape == (12, 16) and s.masks["fetal head"].sum() > 0
     assert s.spacing is None  # not the standard 256x173 size: original size unknown
@@ -198,7 +199,7 @@ def test_fixture_monuseg_masks_are_zero_one(tmp_path):
     _png(folder / "Tissue_Images" / "TCGA-AA-0001-01Z-00-DX2.png", rgb)
     _png(folder / "Binary_masks" / "TCGA-AA-0001-01Z-00-DX2.png", _disk(10, 10, value=255))
     refs = monuseg.RECIPE.subjects(tmp_path)
-    assert {r.subject_id for r in refs} == {"TCGA-AA-0001"}  # same patient, one subject
+    assert {r.extra["split_group"] for r in refs} == {"TCGA-AA-0001"}  # same patient
     s = monuseg.RECIPE.load(refs[0])
     assert s.image.ndim == 2 and s.masks["nucleus"].sum() == (_disk(10, 10) > 0).sum()
     with pytest.raises(RecipeError, match=r"DX2\.png: unexpected mask values \[255\]"):
@@ -220,12 +221,12 @@ def test_fixture_busi_union_of_masks_and_duplicates(tmp_path):
     _png(data / "normal" / "images" / "normal (2).png", other)
     _png(data / "normal" / "mask" / "normal (2)_mask.png", np.zeros((20, 24)))
     refs = busi.RECIPE.subjects(tmp_path)
-    ids = {r.extra["image_id"]: r.subject_id for r in refs}
+    ids = {r.subject_id: r.extra["split_group"] for r in refs}
     assert ids["benign_001"] == ids["malignant_003"] == "benign_001"
     assert ids["normal_002"] == "normal_002"
-    s = busi.RECIPE.load(next(r for r in refs if r.extra["image_id"] == "benign_001"))
+    s = busi.RECIPE.load(next(r for r in refs if r.subject_id == "benign_001"))
     assert s.masks["lesion"].sum() == 9 + 25 and s.image.shape == (20, 24)
-    n = busi.RECIPE.load(next(r for r in refs if r.extra["image_id"] == "normal_002"))
+    n = busi.RECIPE.load(next(r for r in refs if r.subject_id == "normal_002"))
     assert not n.masks["lesion"].any()
 
 
