@@ -1,0 +1,317 @@
+"""incontext segment: 2D and 3D round trips on generated files, outputs, and bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import incontext.cli
+from incontext.cli import CLIError
+from incontext.cli import segment as segment_cli
+from incontext.models import UniverSeg, save
+
+
+def run_cli(argv: list[str]) -> int:
+    """incontext.cli.main once ``segment`` is registered there; an equivalent parser until then."""
+    if "segment" in incontext.cli.SUBCOMMANDS:
+        return incontext.cli.main(argv)
+    parser = argparse.ArgumentParser(prog="incontext")
+    sub = parser.add_subparsers(dest="command")
+    segment_cli.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, FileNotFoundError, ValueError) as exc:
+        print(f"incontext {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save(UniverSeg(encoder_widths=(8, 8, 8), resolution=32), path)
+    return path
+
+
+def _disc_image(shape, centre, radius, rng):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    label = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2).astype(np.uint8)
+    image = 40 + 150 * label + rng.normal(0, 10, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def make_2d_folder(root: Path, n: int = 3, seed: int = 0, label_value: int = 255,
+                   colour: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(n):
+        image, label = _disc_image((40 + 4 * i, 48), (20, 24 + i), 8 + i, rng)
+        if colour:
+            Image.fromarray(np.stack([image, image // 2, image], -1)).save(
+                root / "images" / f"case{i}.png")
+        else:
+            Image.fromarray(image).save(root / "images" / f"case{i}.png")
+        Image.fromarray(label * label_value).save(root / "labels" / f"case{i}_mask.png")
+    return root
+
+
+def _affine(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    aff = np.eye(4)
+    aff[:3, :3] = rot * np.array([0.9, 1.1, 2.0])
+    aff[:3, 3] = rng.normal(0, 50, 3)
+    return aff
+
+
+def make_volume(shape, seed: int, two_labels: bool = False):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    c = np.array(shape) / 2
+    ball = ((zz - c[0]) ** 2 / (shape[0] / 4) ** 2 + (yy - c[1]) ** 2 / (shape[1] / 4) ** 2
+            + (xx - c[2]) ** 2 / (shape[2] / 4) ** 2) <= 1
+    label = ball.astype(np.uint8)
+    if two_labels:
+        label[(zz < c[0]) & ball] = 2
+    image = (200 * label + rng.normal(0, 20, shape)).astype(np.int16)
+    return image, label
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, **header) -> None:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=2)
+    for key, value in header.items():
+        img.header[key] = value
+    nib.save(img, str(path))
+
+
+def make_nnunet(root: Path, n: int = 3, shape=(16, 18, 12), two_labels: bool = False) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        image, label = make_volume(shape, i, two_labels)
+        aff = _affine(i)
+        write_nifti(root / "imagesTr" / f"la_{i:03d}_0000.nii.gz", image, aff)
+        write_nifti(root / "labelsTr" / f"la_{i:03d}.nii.gz", label, aff)
+    return root
+
+
+# ----------------------------------------------------------------------------- 2D
+
+
+def test_2d_folder_round_trip(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup", colour=True)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    rng = np.random.default_rng(5)
+    shapes = [(37, 52), (60, 30)]
+    for i, shape in enumerate(shapes):
+        image, _ = _disc_image(shape, (shape[0] // 2, shape[1] // 2), 7, rng)
+        Image.fromarray(image).save(queries / f"q{i}.png" if i == 0 else queries / f"q{i}.bmp")
+    out = tmp_path / "out"
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(queries), "--out", str(out),
+                  "--model", str(model_path), "--overlays", "--uncertainty", "--ensemble", "2",
+                  "--support-size", "2"])
+    assert rc == 0, capsys.readouterr().err
+    for i, shape in enumerate(shapes):
+        mask = np.asarray(Image.open(out / f"q{i}.png"))
+        assert mask.shape == shape
+        assert set(np.unique(mask)) <= {0, 255}  # the supports' label value is kept
+        overlay = np.asarray(Image.open(out / f"q{i}_overlay.png"))
+        assert overlay.shape == (*shape, 3)
+        assert np.asarray(Image.open(out / f"q{i}_uncertainty.png")).shape == shape
+    printed = capsys.readouterr().out
+    assert "q0.png" in printed and "fg % label 255" in printed
+
+
+def test_existing_output_needs_overwrite(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup")
+    query = sup / "images" / "case0.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case0.png").write_bytes(b"keep me")
+    argv = ["segment", "--support-dir", str(sup), "--query", str(query), "--out", str(out),
+            "--model", str(model_path)]
+    assert run_cli(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "case0.png").read_bytes() == b"keep me"
+    assert run_cli([*argv, "--overwrite"]) == 0
+    assert np.asarray(Image.open(out / "case0.png")).shape == (40, 48)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_2d_nifti_query_gets_png_and_nifti(tmp_path, model_path):
+    sup = make_2d_folder(tmp_path / "sup", label_value=1)
+    aff = _affine(3)
+    image, _ = _disc_image((30, 34), (15, 17), 6, np.random.default_rng(0))
+    write_nifti(tmp_path / "q.nii", image[..., None].astype(np.float32), aff)
+    out = tmp_path / "out"
+    assert run_cli(["segment", "--support-dir", str(sup), "--query", str(tmp_path / "q.nii"),
+                    "--out", str(out), "--model", str(model_path)]) == 0
+    res = nib.load(str(out / "q.nii.gz"))
+    assert res.shape == (30, 34, 1)
+    np.testing.assert_array_equal(res.affine, nib.load(str(tmp_path / "q.nii")).affine)
+    png = np.asarray(Image.open(out / "q.png"))
+    np.testing.assert_array_equal(png, np.asarray(res.dataobj)[..., 0])
+
+
+# ----------------------------------------------------------------------------- 3D
+
+
+def test_3d_nnunet_round_trip_keeps_geometry(tmp_path, model_path, capsys):
+    data = make_nnunet(tmp_path / "Dataset001_Test", n=3, two_labels=True)
+    qdir = tmp_path / "queries"
+    qdir.mkdir()
+    q_image, _ = make_volume((14, 20, 10), 9, True)
+    q_aff = _affine(9)
+    write_nifti(qdir / "case_0000.nii.gz", q_image, q_aff, descrip=b"query scan",
+                xyzt_units=10)
+    nib.load(str(qdir / "case_0000.nii.gz"))
+    out = tmp_path / "out"
+    rc = run_cli(["segment", "--support-dir", str(tmp_path), "--query", str(qdir / "*.nii.gz"),
+                  "--out", str(out), "--model", str(model_path), "--modality", "mr",
+                  "--planes", "3", "--uncertainty", "--overlays", "--ensemble", "2",
+                  "--support-size", "4", "--largest-component", "--fill-holes"])
+    assert rc == 0, capsys.readouterr().err
+    assert data.exists()
+    ref = nib.load(str(qdir / "case_0000.nii.gz"))
+    res = nib.load(str(out / "case.nii.gz"))  # nnU-Net channel suffix dropped
+    assert res.shape == ref.shape
+    np.testing.assert_array_equal(res.affine, ref.affine)
+    for key in ("qform_code", "sform_code", "pixdim", "xyzt_units", "descrip", "quatern_b",
+                "srow_x", "srow_y", "srow_z", "dim"):
+        np.testing.assert_array_equal(res.header[key], ref.header[key], err_msg=key)
+    assert res.get_data_dtype() == np.uint8
+    values = set(np.unique(np.asarray(res.dataobj)).tolist())
+    assert values <= {0, 1, 2}
+    unc = nib.load(str(out / "case_uncertainty.nii.gz"))
+    assert unc.shape == (*ref.shape, 2)
+    np.testing.assert_array_equal(unc.affine, ref.affine)
+    assert np.asarray(unc.dataobj).max() > 0  # planes and members disagree somewhere
+    assert (out / "case_overlay.png").exists() and (out / "case_uncertainty.png").exists()
+
+
+def test_3d_support_pairs_and_labels_option(tmp_path, model_path):
+    data = make_nnunet(tmp_path / "ds", n=2, two_labels=True)
+    pairs = [f"{data}/imagesTr/la_{i:03d}_0000.nii.gz:{data}/labelsTr/la_{i:03d}.nii.gz"
+             for i in range(2)]
+    out = tmp_path / "out"
+    argv = ["segment", "--query", f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(out),
+            "--model", str(model_path), "--labels", "2", "--axis", "1"]
+    for p in pairs:
+        argv += ["--support", p]
+    assert run_cli(argv) == 0
+    values = set(np.unique(np.asarray(nib.load(str(out / "la_001.nii.gz")).dataobj)).tolist())
+    assert values <= {0, 2}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err
+
+
+def test_query_and_support_dimensionality_differ(tmp_path, model_path, capsys):
+    data = make_nnunet(tmp_path / "ds", n=1)
+    sup2d = make_2d_folder(tmp_path / "sup2d")
+    query = data / "imagesTr" / "la_000_0000.nii.gz"
+    rc = run_cli(["segment", "--support-dir", str(sup2d), "--query", str(query),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path)])
+    assert rc == 2
+    err = _err(capsys)
+    assert "la_000_0000.nii.gz" in err and "3D" in err and "2D" in err
+
+
+def test_requested_label_missing_from_supports(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup", label_value=1)
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(sup / "images"),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path), "--labels", "1,3"])
+    assert rc == 2
+    err = _err(capsys)
+    assert "label 3" in err and "case0_mask.png" in err
+
+
+def test_empty_support_label_warns_with_file(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup", label_value=1)
+    Image.fromarray(np.zeros((44, 48), np.uint8)).save(sup / "labels" / "case1_mask.png")
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(sup / "images/case0.png"),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path)])
+    assert rc == 0
+    assert "case1_mask.png" in capsys.readouterr().err
+
+
+def test_mismatched_support_shapes(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(sup / "labels" / "case2_mask.png")
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(sup / "images/case0.png"),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path)])
+    assert rc == 2
+    err = _err(capsys)
+    assert "case2_mask.png" in err and "shape" in err
+
+
+def test_mismatched_support_affines_warn(tmp_path, model_path, capsys):
+    data = make_nnunet(tmp_path / "ds", n=1)
+    label = nib.load(str(data / "labelsTr" / "la_000.nii.gz"))
+    write_nifti(data / "labelsTr" / "la_000.nii.gz", np.asarray(label.dataobj), _affine(42))
+    rc = run_cli(["segment", "--support-dir", str(data), "--query",
+                  str(data / "imagesTr" / "la_000_0000.nii.gz"), "--out", str(tmp_path / "o"),
+                  "--model", str(model_path)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "la_000.nii.gz" in err and "affine" in err
+
+
+def test_unreadable_files(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup")
+    (sup / "images" / "case1.png").write_bytes(b"not a png at all")
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(sup / "images/case0.png"),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path)])
+    assert rc == 2
+    assert "case1.png" in _err(capsys)
+    good = make_2d_folder(tmp_path / "good")
+    bad_query = tmp_path / "broken.nii.gz"
+    bad_query.write_bytes(b"\x1f\x8b garbage")
+    rc = run_cli(["segment", "--support-dir", str(good), "--query", str(bad_query),
+                  "--out", str(tmp_path / "o2"), "--model", str(model_path)])
+    assert rc == 2
+    assert "broken.nii.gz" in _err(capsys)
+
+
+def test_mixed_query_folder(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup")
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(qdir / "a.png")
+    write_nifti(qdir / "b.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(qdir),
+                  "--out", str(tmp_path / "o"), "--model", str(model_path)])
+    assert rc == 2
+    err = _err(capsys)
+    assert "mixed" in err and "a.png" in err and "b.nii.gz" in err
+
+
+def test_support_source_required(tmp_path, capsys):
+    rc = run_cli(["segment", "--query", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "--support" in _err(capsys)
+
+
+def test_support_index(tmp_path, model_path):
+    data_mod = pytest.importorskip("incontext.data")
+    if not hasattr(data_mod, "TaskIndex"):
+        pytest.skip("incontext.data.TaskIndex is not available yet")
+    pytest.skip("index fixtures need the TaskIndex builder API")
