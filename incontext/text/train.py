@@ -1,0 +1,468 @@
+"""A compact training loop for :class:`TextDriven` on multi-label data with partial labels.
+
+Each dataset annotates its own classes; a class is the prompt "A {modality} image of a
+{label}" of its dataset. A batch mixes images of several datasets; the model predicts
+every class annotated anywhere in the batch, and the loss (BCE + soft Dice) covers only
+the (image, class) pairs whose dataset annotates that class, so unannotated classes get
+no gradient. Hybrid models also see support examples (images of the same dataset) for a
+fraction of the batches, sometimes with the text dropped, so text only, examples only
+and both all work at inference.
+
+``python -m incontext.text.train configs/text-driven-cpu.toml`` trains from a config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from incontext.models.text_driven import TextDriven, TextDrivenConfig
+from incontext.text.base import format_prompt, get_text_encoder
+from incontext.text.cache import EmbeddingCache, embed_prompts
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+# ---------------------------------------------------------------------------- data
+
+@dataclass
+class MultiLabelData:
+    """Images with masks for every class of a shared vocabulary and which ones are annotated.
+
+    images (N, H, W) float32 in [0, 1]; masks (N, K, H, W) uint8; annotated (K,) per
+    dataset -> ``dataset`` (N,) int index into ``dataset_names`` and
+    ``dataset_classes[d]`` the class ids dataset ``d`` annotates; ``prompts`` (K,).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    dataset: np.ndarray
+    dataset_names: list[str]
+    dataset_classes: list[list[int]]
+    prompts: list[str]
+    class_labels: list[str]
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.ndim != 3 or self.masks.shape[:1] != (n,) or self.dataset.shape != (n,):
+            raise ValueError(f"MultiLabelData: inconsistent shapes images {self.images.shape}, "
+                             f"masks {self.masks.shape}, dataset {self.dataset.shape}")
+        if self.masks.shape[1] != len(self.prompts):
+            raise ValueError(f"MultiLabelData: {self.masks.shape[1]} mask channels for "
+                             f"{len(self.prompts)} prompts")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """(N, K) bool: class k is annotated for image i."""
+        table = np.zeros((len(self.dataset_names), len(self.prompts)), dtype=bool)
+        for d, classes in enumerate(self.dataset_classes):
+            table[d, classes] = True
+        return table[self.dataset]
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, masks: np.ndarray, class_names: Sequence[str],
+                    modality_name: str = "other", dataset_name: str = "data",
+                    template: str = "A {modality} image of a {label}") -> MultiLabelData:
+        """One dataset: images (N, H, W) in [0, 1], masks (N, L, H, W) for ``class_names``."""
+        images = np.asarray(images, dtype=np.float32)
+        masks = np.asarray(masks).astype(np.uint8)
+        prompts = [format_prompt(c, modality_name, template) for c in class_names]
+        return cls(images, masks, np.zeros(len(images), dtype=np.int64), [dataset_name],
+                   [list(range(len(class_names)))], prompts, list(class_names))
+
+    @classmethod
+    def concat(cls, parts: Sequence[MultiLabelData]) -> MultiLabelData:
+        """Merge datasets; classes with the same prompt are shared."""
+        if not parts:
+            raise ValueError("MultiLabelData.concat: nothing to merge")
+        prompts: list[str] = []
+        labels: list[str] = []
+        for p in parts:
+            for prompt, label in zip(p.prompts, p.class_labels, strict=True):
+                if prompt not in prompts:
+                    prompts.append(prompt)
+                    labels.append(label)
+        n = sum(len(p) for p in parts)
+        h, w = parts[0].images.shape[1:]
+        masks = np.zeros((n, len(prompts), h, w), dtype=np.uint8)
+        images, dataset, names, classes = [], [], [], []
+        start = 0
+        for p in parts:
+            if p.images.shape[1:] != (h, w):
+                raise ValueError("MultiLabelData.concat: image sizes differ "
+                                 f"({p.images.shape[1:]} vs {(h, w)})")
+            ids = [prompts.index(x) for x in p.prompts]
+            masks[start:start + len(p), ids] = p.masks
+            images.append(p.images)
+            dataset.append(p.dataset + len(names))
+            names.extend(p.dataset_names)
+            classes.extend([[ids[c] for c in cl] for cl in p.dataset_classes])
+            start += len(p)
+        return cls(np.concatenate(images), masks, np.concatenate(dataset), names, classes,
+                   prompts, labels)
+
+    @classmethod
+    def from_index(cls, path: str | os.PathLike, split: str, *,
+                   datasets: Sequence[str] | None = None, max_slices: int = 0,
+                   seed: int = 0, template: str = "A {modality} image of a {label}"
+                   ) -> MultiLabelData:
+        """All selected slices of ``split`` of each dataset group of an index file.
+
+        ``max_slices`` > 0 keeps a random subset per dataset (seeded).
+        """
+        from incontext.data.index_format import open_h5, read_group_meta, resolve_paths
+
+        if split not in SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r} (use {sorted(SPLIT_CODES)})")
+        parts = []
+        rng = np.random.default_rng(seed)
+        for file in resolve_paths(path):
+            with open_h5(file) as f:
+                for key in sorted(f["datasets"]):
+                    g = f["datasets"][key]
+                    meta = read_group_meta(file, g)
+                    if datasets and meta.name not in datasets:
+                        continue
+                    rows = np.flatnonzero(meta.selected.any(axis=1)
+                                          & (meta.split == SPLIT_CODES[split]))
+                    if rows.size == 0:
+                        continue
+                    if max_slices and rows.size > max_slices:
+                        rows = np.sort(rng.choice(rows, max_slices, replace=False))
+                    raw = g["images"][rows]
+                    images = (raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8
+                              else raw.astype(np.float32))
+                    masks = g["masks"][rows]
+                    name = str(meta.attrs.get("modality_name", meta.attrs.get("modality",
+                                                                                "other")))
+                    parts.append(cls.from_arrays(images, masks, meta.label_names, name,
+                                                 meta.name, template))
+        if not parts:
+            raise ValueError(f"{path}: no slices in split {split!r}"
+                             + (f" for datasets {list(datasets)}" if datasets else ""))
+        return cls.concat(parts)
+
+
+# ---------------------------------------------------------------------------- loss
+
+def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor,
+                       dice_weight: float = 1.0, bce_weight: float = 1.0,
+                       eps: float = 1.0) -> torch.Tensor:
+    """BCE + soft Dice over the annotated (image, class) pairs only.
+
+    logits/targets (B, K, H, W); annotated (B, K) bool. Pairs that are not annotated
+    are dropped before the loss, so they get exactly zero gradient.
+    """
+    if logits.shape != targets.shape or annotated.shape != logits.shape[:2]:
+        raise ValueError(f"partial_label_loss: shapes logits {tuple(logits.shape)}, targets "
+                         f"{tuple(targets.shape)}, annotated {tuple(annotated.shape)}")
+    sel = annotated.bool()
+    if not bool(sel.any()):
+        return logits.sum() * 0.0
+    x = logits[sel].float().flatten(1)
+    t = targets[sel].float().flatten(1)
+    bce = F.binary_cross_entropy_with_logits(x, t)
+    p = torch.sigmoid(x)
+    dice = 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+    return bce_weight * bce + dice_weight * dice.mean()
+
+
+# ---------------------------------------------------------------------------- config
+
+@dataclass
+class TextTrainConfig:
+    """Training settings (the ``[train]`` and ``[data]`` tables of the TOML config)."""
+
+    index: str = ""
+    datasets: list[str] = field(default_factory=list)
+    out: str = "runs/text-driven"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    support_size: int = 2
+    p_support: float = 0.5
+    p_text_drop: float = 0.3
+    eval_every: int = 200
+    val_max_slices: int = 64
+    train_max_slices: int = 0
+    seed: int = 0
+    threads: int = 1
+    embedding_cache: str = ""
+
+
+def load_config(path: str | os.PathLike) -> tuple[TextDrivenConfig, TextTrainConfig]:
+    """Read ``[model]`` (TextDrivenConfig fields) and ``[train]`` from a TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read config ({exc})") from exc
+    unknown = set(data) - {"model", "train"}
+    if unknown:
+        raise ValueError(f"{path}: unknown tables {sorted(unknown)} (use [model], [train])")
+    try:
+        model = TextDrivenConfig.from_dict(dict(data.get("model", {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: [model]: {exc}") from exc
+    fields = {f.name for f in dataclasses.fields(TextTrainConfig)}
+    bad = set(data.get("train", {})) - fields
+    if bad:
+        raise ValueError(f"{path}: [train]: unknown keys {sorted(bad)}")
+    return model, TextTrainConfig(**data.get("train", {}))
+
+
+# ---------------------------------------------------------------------------- batches
+
+class Batcher:
+    """Random mixed batches (images, targets, annotated, support) from :class:`MultiLabelData`."""
+
+    def __init__(self, data: MultiLabelData, support_size: int, seed: int) -> None:
+        self.data = data
+        self.support_size = support_size
+        self.rng = np.random.default_rng(seed)
+        self.by_dataset = [np.flatnonzero(data.dataset == d)
+                           for d in range(len(data.dataset_names))]
+        self.by_dataset_nonempty = [d for d, rows in enumerate(self.by_dataset) if rows.size]
+        self.annotated = data.annotated
+
+    def sample(self, batch_size: int, with_support: bool) -> dict[str, torch.Tensor]:
+        ds = self.rng.choice(self.by_dataset_nonempty, batch_size)
+        rows = np.array([self.rng.choice(self.by_dataset[d]) for d in ds])
+        classes = np.flatnonzero(self.annotated[rows].any(axis=0))
+        out = {
+            "rows": torch.from_numpy(rows),
+            "classes": torch.from_numpy(classes),
+            "images": torch.from_numpy(self.data.images[rows][:, None]),
+            "targets": torch.from_numpy(self.data.masks[rows][:, classes].astype(np.float32)),
+            "annotated": torch.from_numpy(self.annotated[rows][:, classes]),
+        }
+        if with_support and self.support_size > 0:
+            sup = []
+            for r, d in zip(rows, ds, strict=True):
+                pool = self.by_dataset[d][self.by_dataset[d] != r]
+                if pool.size == 0:
+                    pool = self.by_dataset[d]
+                sup.append(self.rng.choice(pool, self.support_size, replace=pool.size
+                                           < self.support_size))
+            sup = np.stack(sup)  # (B, S)
+            out["support_images"] = torch.from_numpy(self.data.images[sup][:, :, None])
+            out["support_labels"] = torch.from_numpy(
+                self.data.masks[sup][:, :, classes].astype(np.float32))
+        return out
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model: TextDriven, data: MultiLabelData, text: torch.Tensor, *,
+             mode: str = "text", support_size: int = 2, batch_size: int = 8,
+             seed: int = 0) -> dict[str, float]:
+    """Per-class Dice (aggregated over all annotated images of the class) -> {prompt: Dice}.
+
+    mode: "text" (names only), "support" (examples only) or "both".
+    """
+    if mode not in ("text", "support", "both"):
+        raise ValueError(f"unknown mode {mode!r}")
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    annotated = data.annotated
+    k = len(data.prompts)
+    inter = np.zeros(k)
+    total = np.zeros(k)
+    try:
+        for d in range(len(data.dataset_names)):
+            rows = np.flatnonzero(data.dataset == d)
+            classes = np.asarray(data.dataset_classes[d])
+            if rows.size == 0 or classes.size == 0:
+                continue
+            t = text[classes]
+            kwargs = {}
+            if mode != "text":
+                sup = rng.choice(rows, min(support_size, rows.size), replace=False)
+                kwargs["support_images"] = torch.from_numpy(data.images[sup][None, :, None])
+                kwargs["support_labels"] = torch.from_numpy(
+                    data.masks[sup][None][:, :, classes].astype(np.float32))
+                rows = np.setdiff1d(rows, sup) if rows.size > sup.size else rows
+            present = torch.full((classes.size,), mode != "support", dtype=torch.bool)
+            for start in range(0, rows.size, batch_size):
+                r = rows[start:start + batch_size]
+                x = torch.from_numpy(data.images[r][:, None])
+                kw = {key: v.expand(len(r), *v.shape[1:]) for key, v in kwargs.items()}
+                pred = (model(x, t, text_present=present, **kw) > 0).numpy()
+                gt = data.masks[r][:, classes] > 0
+                inter[classes] += (pred & gt).sum(axis=(0, 2, 3))
+                total[classes] += pred.sum(axis=(0, 2, 3)) + gt.sum(axis=(0, 2, 3))
+    finally:
+        model.train(was_training)
+    used = annotated.any(axis=0)
+    return {data.prompts[i]: (float(2 * inter[i] / total[i]) if total[i] else 1.0)
+            for i in range(k) if used[i]}
+
+
+# ---------------------------------------------------------------------------- training
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def embed_vocabulary(model_config: TextDrivenConfig, prompts: Sequence[str],
+                     cache: EmbeddingCache | None = None) -> torch.Tensor:
+    """(K, text_dim) embeddings of the prompts with the config's encoder."""
+    encoder = get_text_encoder(model_config.text_encoder, **model_config.text_encoder_options)
+    if encoder.dim != model_config.text_dim:
+        raise ValueError(f"text encoder {encoder.name!r} gives {encoder.dim}-d embeddings, "
+                         f"[model] text_dim is {model_config.text_dim}")
+    return torch.from_numpy(embed_prompts(encoder, list(prompts), cache))
+
+
+def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: MultiLabelData,
+          val_data: MultiLabelData | None = None, *, progress: bool = True,
+          save_path: str | os.PathLike | None = None) -> tuple[TextDriven, list[dict]]:
+    """Train a new TextDriven model; returns it (best validation state) and the history.
+
+    Validation (text-only mean Dice over the classes) runs every ``eval_every`` steps
+    and at the end; with ``save_path`` the best model is saved there (safetensors).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    torch.manual_seed(cfg.seed)
+    model = TextDriven(model_config)
+    cache = EmbeddingCache(cfg.embedding_cache) if cfg.embedding_cache else EmbeddingCache()
+    text_train = embed_vocabulary(model_config, train_data.prompts, cache)
+    text_val = (embed_vocabulary(model_config, val_data.prompts, cache)
+                if val_data is not None else None)
+    if cache.path is not None and cache.dirty:
+        cache.save()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20))
+        * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(1, cfg.steps))))
+    batcher = Batcher(train_data, cfg.support_size, cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    history: list[dict] = []
+    best = (-1.0, None)
+    t0 = time.perf_counter()
+
+    def validate(step: int, loss: float) -> None:
+        nonlocal best
+        entry = {"step": step, "loss": loss, "seconds": time.perf_counter() - t0}
+        if val_data is not None and text_val is not None:
+            dice = evaluate(model, val_data, text_val)
+            entry["val_dice"] = dice
+            entry["val_mean_dice"] = float(np.mean(list(dice.values()))) if dice else 0.0
+            if entry["val_mean_dice"] > best[0]:
+                best = (entry["val_mean_dice"],
+                        {k: v.detach().clone() for k, v in model.state_dict().items()})
+        history.append(entry)
+
+    columns = [TextColumn("[bold]text-driven"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    running = None
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.steps, info="")
+        if val_data is not None:
+            validate(0, float("nan"))  # the untrained baseline
+        model.train()
+        for step in range(1, cfg.steps + 1):
+            with_support = model_config.hybrid and rng.random() < cfg.p_support
+            batch = batcher.sample(cfg.batch_size, with_support)
+            text = text_train[batch["classes"]]
+            present = None
+            if with_support and rng.random() < cfg.p_text_drop:
+                present = torch.zeros(text.shape[0], dtype=torch.bool)
+            logits = model(batch["images"], text, batch.get("support_images"),
+                           batch.get("support_labels"), text_present=present)
+            loss = partial_label_loss(logits, batch["targets"], batch["annotated"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            if step % max(1, cfg.eval_every) == 0 or step == cfg.steps:
+                validate(step, running)
+                last = history[-1].get("val_mean_dice")
+                info = f"loss {running:.3f}" + (f" val Dice {last:.3f}" if last is not None else "")
+                bar.update(task, info=info)
+            bar.update(task, advance=1)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    if save_path is not None:
+        from incontext.models.io import save
+
+        save(model, Path(save_path), provenance={
+            "trainer": "incontext.text.train", "steps": cfg.steps,
+            "datasets": train_data.dataset_names, "prompts": train_data.prompts,
+            "best_val_mean_dice": best[0] if best[1] is not None else None})
+    return model, history
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m incontext.text.train CONFIG [--steps N] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m incontext.text.train",
+                                     description="Train a TextDriven model on an index.")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--index", default=None, help="override [train] index")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    model_cfg, cfg = load_config(args.config)
+    if args.index:
+        cfg.index = args.index
+    if args.steps:
+        cfg.steps = args.steps
+    if args.out:
+        cfg.out = args.out
+    if not cfg.index:
+        raise SystemExit(f"{args.config}: [train] index is empty; give --index")
+    torch.set_num_threads(max(1, cfg.threads))
+    train_data = MultiLabelData.from_index(cfg.index, "train", datasets=cfg.datasets or None,
+                                           max_slices=cfg.train_max_slices, seed=cfg.seed)
+    val_data = MultiLabelData.from_index(cfg.index, "val", datasets=cfg.datasets or None,
+                                         max_slices=cfg.val_max_slices, seed=cfg.seed)
+    if train_data.images.shape[-1] != model_cfg.resolution:
+        raise SystemExit(f"{cfg.index}: slices are {train_data.images.shape[-1]} px, [model] "
+                         f"resolution is {model_cfg.resolution}")
+    out = Path(cfg.out)
+    model, history = train(model_cfg, cfg, train_data, val_data,
+                           save_path=out / "model.safetensors")
+    _atomic_json(out / "history.json", history)
+    final = history[-1] if history else {}
+    best = max((h.get("val_mean_dice", -1) for h in history), default=None)
+    print(f"done: {len(train_data)} train slices, {len(train_data.prompts)} classes; "
+          f"best val mean Dice {best}; model -> {out / 'model.safetensors'}")
+    _atomic_json(out / "summary.json", {"best_val_mean_dice": best, "final": final})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
