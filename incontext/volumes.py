@@ -314,22 +314,23 @@ def segment_volume(
 
     n_lab = len(wanted)
     prob = np.zeros((n_lab, *query.shape), dtype=np.float32)
-    second = np.zeros((n_lab, *query.shape), dtype=np.float32)  # E[p^2] over planes/members
+    uncertainty = np.zeros((n_lab, *query.shape), dtype=np.float32)
     caches: dict = {}
     was_training = model.training
     model.eval()
     try:
         for li, value in enumerate(wanted):
-            for ax in axes:
-                m, v = _segment_axis(model, q_norm, supports, value, ax, size=size,
-                                     support_size=k, ensemble=ensemble, seed=seed,
-                                     batch_size=batch_size, image_caches=caches,
-                                     progress=progress)
-                prob[li] += m / len(axes)
-                second[li] += (v + m * m) / len(axes)
+            per_axis = [_segment_axis(model, q_norm, supports, value, ax, size=size,
+                                      support_size=k, ensemble=ensemble, seed=seed,
+                                      batch_size=batch_size, image_caches=caches,
+                                      progress=progress) for ax in axes]
+            means = np.stack([m for m, _ in per_axis])
+            prob[li] = means.mean(axis=0)
+            # total variance over planes x members = mean within-plane + between-plane
+            total = np.mean([v for _, v in per_axis], axis=0) + ((means - prob[li]) ** 2).mean(0)
+            uncertainty[li] = np.sqrt(np.clip(total, 0, None))
     finally:
         model.train(was_training)
-    uncertainty = np.sqrt(np.clip(second - prob * prob, 0, None)).astype(np.float32)
     mask = np.zeros(query.shape, dtype=np.int64)
     best = prob.argmax(axis=0)
     fg = prob.max(axis=0) >= threshold

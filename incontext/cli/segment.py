@@ -353,9 +353,14 @@ class FileResult:
 
 
 def _load_model(name: str | None):
-    from incontext.models import load_model
+    from incontext.models import WeightsError, load_model
 
-    return load_model(name)
+    try:
+        return load_model(name)
+    except WeightsError as exc:
+        if name is None:
+            raise CLIError(f"{exc}; on the command line: --model NAME_OR_PATH") from None
+        raise
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
