@@ -1,0 +1,301 @@
+"""TextDriven: dynamic heads, partial-label masking, hybrid prompts, I/O, segment_text, training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from incontext.models import load, save
+from incontext.models.text_driven import (
+    TextDriven,
+    TextDrivenConfig,
+    dynamic_head_forward,
+    dynamic_head_loop,
+    dynamic_head_param_count,
+)
+from incontext.text.train import (
+    MultiLabelData,
+    TextTrainConfig,
+    evaluate,
+    load_config,
+    partial_label_loss,
+    train,
+)
+from incontext.text_segment import add_text_arguments, run_text_segmentation, segment_text
+
+torch.set_num_threads(1)
+SMALL = dict(widths=(8, 16, 32), norm_groups=4, resolution=32, text_dim=24, embed_dim=16,
+             text_encoder="hashing", text_encoder_options={"dim": 24})
+
+
+def small_model(seed: int = 0, **kw) -> TextDriven:
+    torch.manual_seed(seed)
+    return TextDriven(TextDrivenConfig(**{**SMALL, **kw})).eval()
+
+
+def shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images with a bright circle (class 0) and a dimmer square (class 1)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = rng.normal(0.2, 0.05, (n, size, size)).astype(np.float32)
+    masks = np.zeros((n, 2, size, size), np.uint8)
+    for i in range(n):
+        if rng.random() < 0.8:
+            r = rng.uniform(3, 7)
+            cy, cx = rng.uniform(r, size - r, 2)
+            masks[i, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if rng.random() < 0.8:
+            h = int(rng.integers(4, 10))
+            y, x = rng.integers(0, size - h, 2)
+            masks[i, 1, y:y + h, x:x + h] = 1
+        images[i][masks[i, 1] > 0] = 0.5
+        images[i][masks[i, 0] > 0] = 0.9
+    return np.clip(images, 0, 1), masks
+
+
+# ----------------------------------------------------------------------------- dynamic head
+
+def test_dynamic_head_has_153_parameters_per_class():
+    assert dynamic_head_param_count(8, 3) == (64 + 8) + (64 + 8) + (8 + 1) == 153
+    model = TextDriven(TextDrivenConfig(widths=(8, 16), norm_groups=4, resolution=32,
+                                        text_dim=12))
+    assert model.controller.out_channels == 153
+    assert model.controller.in_channels == 3 * model.config.embed_dim  # image ‖ text ‖ support
+    plain = TextDriven(TextDrivenConfig(widths=(8, 16), norm_groups=4, resolution=32,
+                                        text_dim=12, hybrid=False))
+    assert plain.controller.in_channels == 2 * 256
+    x = torch.rand(2, 1, 32, 32)
+    # the controller emits exactly 153 numbers per (image, class)
+    seen = {}
+
+    def record(module, inputs, output) -> None:
+        seen["out"] = output.shape
+
+    plain.controller.register_forward_hook(record)
+    plain(x, torch.rand(5, 12))
+    assert seen["out"] == (2 * 5, 153, 1, 1)
+
+
+def test_grouped_heads_equal_a_per_class_loop():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 8, 10, 12)
+    params = torch.randn(3, 4, 153) * 0.5
+    grouped = dynamic_head_forward(feats, params)
+    looped = dynamic_head_loop(feats, params)
+    assert grouped.shape == (3, 4, 10, 12)
+    assert torch.allclose(grouped, looped, atol=1e-5)
+    with pytest.raises(ValueError, match="153"):
+        dynamic_head_forward(feats, params[..., :150])
+
+
+def test_any_number_of_classes_and_classes_are_independent():
+    model = small_model()
+    x = torch.rand(2, 1, 32, 32)
+    text = torch.randn(7, 24)
+    with torch.no_grad():
+        full = model(x, text)
+        for k in (1, 3, 7):
+            out = model(x, text[:k])
+            assert out.shape == (2, k, 32, 32)
+            assert torch.allclose(out, full[:, :k], atol=1e-5)
+        per_image = model(x, text[None].expand(2, -1, -1))
+    assert torch.allclose(per_image, full, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- partial labels
+
+def test_masked_classes_get_exactly_zero_gradient():
+    model = small_model().train()
+    x = torch.rand(2, 1, 32, 32)
+    text = torch.randn(2, 3, 24, requires_grad=True)
+    targets = (torch.rand(2, 3, 32, 32) > 0.7).float()
+    annotated = torch.tensor([[True, False, True], [True, False, False]])
+    loss = partial_label_loss(model(x, text), targets, annotated)
+    loss.backward()
+    assert torch.count_nonzero(text.grad[:, 1]) == 0
+    assert torch.count_nonzero(text.grad[1, 2]) == 0
+    assert torch.count_nonzero(text.grad[0, 0]) > 0 and torch.count_nonzero(text.grad[0, 2]) > 0
+
+
+def test_partial_loss_ignores_unannotated_targets_and_handles_none():
+    logits = torch.randn(2, 3, 8, 8)
+    targets = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    annotated = torch.tensor([[True, False, True], [False, True, False]])
+    other = targets.clone()
+    other[~annotated] = 1 - other[~annotated]
+    assert torch.equal(partial_label_loss(logits, targets, annotated),
+                       partial_label_loss(logits, other, annotated))
+    none = partial_label_loss(logits.requires_grad_(), targets, torch.zeros(2, 3, dtype=bool))
+    assert float(none.detach()) == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        partial_label_loss(logits, targets[:, :2], annotated)
+
+
+# ----------------------------------------------------------------------------- hybrid prompts
+
+def test_text_only_support_only_and_both_work():
+    model = small_model()
+    x = torch.rand(2, 1, 32, 32)
+    text = torch.randn(3, 24)
+    s_img = torch.rand(2, 2, 1, 32, 32)
+    s_lab = (torch.rand(2, 2, 3, 32, 32) > 0.8).float()
+    with torch.no_grad():
+        only_text = model(x, text)
+        only_support = model(x, None, s_img, s_lab)
+        both = model(x, text, s_img, s_lab)
+        none_present = model(x, text, s_img, s_lab, text_present=torch.zeros(3, dtype=bool))
+    for out in (only_text, only_support, both):
+        assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    assert not torch.allclose(only_text, both)  # the examples change the heads
+    assert torch.allclose(none_present, only_support, atol=1e-6)  # absent text = no text
+
+
+def test_class_with_empty_support_labels_counts_as_no_support():
+    model = small_model()
+    x = torch.rand(1, 1, 32, 32)
+    text = torch.randn(2, 24)
+    s_img = torch.rand(1, 2, 1, 32, 32)
+    s_lab = torch.zeros(1, 2, 2, 32, 32)
+    s_lab[:, :, 0, 5:15, 5:15] = 1
+    with torch.no_grad():
+        with_support = model(x, text, s_img, s_lab)
+        without = model(x, text)
+    assert torch.allclose(with_support[:, 1], without[:, 1], atol=1e-6)
+    assert not torch.allclose(with_support[:, 0], without[:, 0])
+
+
+def test_bad_inputs_give_clear_errors():
+    model = small_model()
+    x = torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match="24"):
+        model(x, torch.randn(2, 10))
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.rand(1, 1, 30, 30), torch.randn(2, 24))
+    with pytest.raises(ValueError, match="hybrid=False"):
+        small_model(hybrid=False)(x, None, torch.rand(1, 1, 1, 32, 32),
+                                  torch.rand(1, 1, 2, 32, 32))
+    with pytest.raises(ValueError, match="both"):
+        model(x, torch.randn(2, 24), torch.rand(1, 1, 1, 32, 32))
+    with pytest.raises(ValueError, match="unknown keys"):
+        TextDrivenConfig.from_dict({"widths": [8], "bogus": 1})
+    with pytest.raises(ValueError, match="divisible"):
+        TextDrivenConfig(widths=(8, 16, 32), resolution=30)
+
+
+# ----------------------------------------------------------------------------- I/O
+
+def test_save_load_round_trip(tmp_path):
+    model = small_model(seed=3)
+    path = save(model, tmp_path / "td.safetensors")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["architecture"] == "text-driven"
+    loaded = load(path)
+    assert isinstance(loaded, TextDriven) and loaded.config == model.config
+    x, text = torch.rand(1, 1, 32, 32), torch.randn(2, 24)
+    with torch.no_grad():
+        assert torch.equal(model(x, text), loaded(x, text))
+
+
+# ----------------------------------------------------------------------------- segment_text
+
+def test_segment_text_returns_maps_at_image_size():
+    model = small_model()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 50)).astype(np.uint8), rng.random((32, 20, 3))]
+    out = segment_text(model, images, ["circle", "square", "left lung"], modality_name="toy")
+    assert len(out) == 2
+    for res, img in zip(out, images, strict=True):
+        assert res.mask.shape == img.shape[:2]
+        assert res.probabilities.shape == (3, *img.shape[:2])
+        assert set(np.unique(res.mask)) <= {0, 1, 2, 3}
+        assert res.prompts[2] == "A toy image of a left lung"
+    one = segment_text(model, images[0], "circle", modality_name="toy")
+    np.testing.assert_allclose(one.probabilities[0], out[0].probabilities[0], atol=1e-6)
+    emb = segment_text(model, images[0], np.random.default_rng(1).normal(size=(4, 24)))
+    assert emb.probabilities.shape == (4, 40, 50)
+    with pytest.raises(ValueError, match=r"\(K, 24\)"):
+        segment_text(model, images[0], np.zeros((2, 5)))
+
+
+def test_segment_text_with_examples_only():
+    model = small_model()
+    img, masks = shapes(3, seed=5)
+    labels = masks[:, 0] + 2 * masks[:, 1] * (masks[:, 0] == 0)
+    res = segment_text(model, img[0], [None, "square"], support_images=img[1:],
+                       support_labels=labels[1:])
+    assert res.probabilities.shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="support examples"):
+        segment_text(model, img[0], [None])
+
+
+def test_cli_writes_masks_and_class_table(tmp_path):
+    from PIL import Image
+
+    model = small_model()
+    weights = save(model, tmp_path / "m.safetensors")
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((36, 30)) * 255).astype(np.uint8)
+                        ).save(tmp_path / f"img{i}.png")
+    parser = argparse.ArgumentParser()
+    add_text_arguments(parser, standalone=True)
+    args = parser.parse_args([str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
+                              "--model", str(weights), "--out", str(tmp_path / "out"),
+                              "--text", "heart", "--text", "left lung",
+                              "--save-probabilities",
+                              "--embedding-cache", str(tmp_path / "emb.h5")])
+    assert run_text_segmentation(args) == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "img0.png"))
+    assert mask.shape == (36, 30) and mask.max() <= 2
+    assert np.load(tmp_path / "out" / "img1.npy").shape == (2, 36, 30)
+    table = json.loads((tmp_path / "out" / "classes.json").read_text())
+    assert [c["name"] for c in table["classes"]] == ["heart", "left lung"]
+    assert (tmp_path / "emb.h5").exists()
+    bad = parser.parse_args([str(tmp_path / "missing.png"), "--model", str(weights),
+                             "--out", str(tmp_path / "o2"), "--text", "heart"])
+    with pytest.raises(ValueError, match="missing.png"):
+        run_text_segmentation(bad)
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_short_partial_label_training_raises_validation_dice():
+    images, masks = shapes(96, seed=0)
+    val_images, val_masks = shapes(24, seed=1)
+    # dataset A annotates circles only, dataset B squares only (both shapes occur in both)
+    a = MultiLabelData.from_arrays(images[:48], masks[:48, :1], ["circle"], "synthetic", "A")
+    b = MultiLabelData.from_arrays(images[48:], masks[48:, 1:], ["square"], "synthetic", "B")
+    data = MultiLabelData.concat([a, b])
+    assert data.annotated[:48].tolist() == [[True, False]] * 48
+    val = MultiLabelData.from_arrays(val_images, val_masks, ["circle", "square"], "synthetic")
+    model_cfg = TextDrivenConfig(widths=(8, 16, 32), norm_groups=4, resolution=32, text_dim=64,
+                                 embed_dim=32, text_encoder_options={"dim": 64})
+    cfg = TextTrainConfig(steps=120, batch_size=8, lr=3e-3, eval_every=40, seed=0)
+    model, history = train(model_cfg, cfg, data, val, progress=False)
+    first, last = history[0]["val_mean_dice"], max(h["val_mean_dice"] for h in history)
+    assert history[0]["step"] == 0
+    assert last > first + 0.3, [h["val_mean_dice"] for h in history]
+    assert set(history[-1]["val_dice"]) == set(val.prompts)
+    from incontext.text.train import embed_vocabulary
+
+    text = embed_vocabulary(model_cfg, val.prompts)
+    for mode in ("support", "both"):
+        assert np.mean(list(evaluate(model, val, text, mode=mode).values())) > first
+
+
+def test_cpu_config_parses():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "text-driven-cpu.toml"
+    model_cfg, cfg = load_config(path)
+    assert model_cfg.head_params == 153 and cfg.steps > 0
+
+
+def test_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ValueError, match=r"bad.toml.*stepz"):
+        load_config(bad)
