@@ -299,3 +299,55 @@ def test_config_errors_name_the_file(tmp_path):
     bad.write_text("[train]\nstepz = 3\n")
     with pytest.raises(ValueError, match=r"bad.toml.*stepz"):
         load_config(bad)
+
+
+def _write_tiny_index(path, n: int = 12) -> None:
+    """A minimal two-label index file in the documented layout (generated shapes)."""
+    import h5py
+
+    from incontext.data.index_format import STR_DTYPE, json_attr, write_root_attrs
+
+    images, masks = shapes(n, seed=7)
+    with h5py.File(path, "w") as f:
+        write_root_attrs(f)
+        g = f.create_group("datasets/toy")
+        g.attrs.update({"name": "toy", "modality": "other", "modality_name": "toy scan",
+                        "label_names": json_attr(["circle", "square"]), "dims": 2,
+                        "source": "generated", "citation": "", "license": "",
+                        "preprocessing": json_attr({})})
+        g.create_dataset("images", data=(images * 255).astype(np.uint8), chunks=(1, 32, 32))
+        g.create_dataset("masks", data=masks)
+        g.create_dataset("subject", data=[f"s{i}" for i in range(n)], dtype=STR_DTYPE)
+        g.create_dataset("sub_dataset", data=[""] * n, dtype=STR_DTYPE)
+        g.create_dataset("split", data=np.array([0] * (n - 4) + [1] * 4, np.uint8))
+        g.create_dataset("plane", data=np.zeros(n, np.uint8))
+        g.create_dataset("slice_index", data=np.zeros(n, np.int32))
+        g.create_dataset("selected", data=np.ones((n, 3), bool))
+        g.create_dataset("foreground", data=masks.reshape(n, 2, -1).sum(-1))
+        g.create_dataset("orig_shape", data=np.ones((n, 3), np.int32))
+        g.create_dataset("orig_spacing", data=np.ones((n, 3), np.float32))
+        g.create_dataset("spacing", data=np.ones((n, 2), np.float32))
+
+
+def test_train_command_on_an_index(tmp_path):
+    from incontext.text.train import main
+
+    index = tmp_path / "toy.h5"
+    _write_tiny_index(index)
+    val = MultiLabelData.from_index(index, "val")
+    assert len(val) == 4 and val.prompts == ["A toy scan image of a circle",
+                                             "A toy scan image of a square"]
+    assert 0.0 <= val.images.min() and val.images.max() <= 1.0
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nwidths = [8, 16]\nnorm_groups = 4\nresolution = 32\n'
+                      'text_dim = 32\nembed_dim = 16\ntext_encoder_options = { dim = 32 }\n'
+                      '[train]\nsteps = 4\nbatch_size = 2\neval_every = 2\n'
+                      f'embedding_cache = "{tmp_path / "emb.npz"}"\n')
+    assert main([str(config), "--index", str(index), "--out", str(tmp_path / "run")]) == 0
+    model = load(tmp_path / "run" / "model.safetensors")
+    assert isinstance(model, TextDriven) and model.config.text_dim == 32
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert (tmp_path / "emb.npz").exists()
+    with pytest.raises(ValueError, match="no slices"):
+        MultiLabelData.from_index(index, "test")

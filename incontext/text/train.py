@@ -187,9 +187,13 @@ def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, annotated: t
 
 @dataclass
 class TextTrainConfig:
-    """Training settings (the ``[train]`` and ``[data]`` tables of the TOML config)."""
+    """Training settings (the ``[train]`` table of the TOML config).
 
-    index: str = ""
+    ``index``: an index file, a manifest, or a list of them; ``datasets``: dataset names to
+    use (empty = all); ``*_max_slices``: random cap per dataset (0 = all).
+    """
+
+    index: str | list[str] = ""
     datasets: list[str] = field(default_factory=list)
     out: str = "runs/text-driven"
     steps: int = 2000
@@ -430,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m incontext.text.train",
                                      description="Train a TextDriven model on an index.")
     parser.add_argument("config", type=Path)
-    parser.add_argument("--index", default=None, help="override [train] index")
+    parser.add_argument("--index", nargs="+", default=None,
+                        help="index file(s) or manifest(s); overrides [train] index")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
