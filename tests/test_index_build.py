@@ -181,6 +181,28 @@ def test_resume_after_interruption_gives_identical_index(tmp_path):
     assert not (tmp_path / "out.h5.partial").exists()
 
 
+def test_damaged_work_file_is_recomputed(tmp_path):
+    src = write_png_pairs(tmp_path / "src", n=5)
+    out = tmp_path / "out.h5"
+    done = []
+
+    def interrupt_after_two(result):
+        done.append(result)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index("png-pairs", src, out, size=16, progress=False,
+                    on_subject_done=interrupt_after_two)
+    first = sorted((tmp_path / "out.h5.partial").glob("*.npz"))[0]
+    first.write_bytes(first.read_bytes()[:50])  # e.g. a power cut mid-write
+    report = build_index("png-pairs", src, out, size=16, progress=False)
+    assert report.resumed == 1
+    reference = tmp_path / "ref.h5"
+    build_index("png-pairs", src, reference, size=16, progress=False)
+    assert_same_content(reference, out)
+
+
 def test_changed_parameters_restart_instead_of_resuming(tmp_path):
     src = write_png_pairs(tmp_path / "src", n=4)
     out = tmp_path / "out.h5"

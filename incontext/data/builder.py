@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -116,12 +117,12 @@ def _init_worker() -> None:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # Renamed into place only when complete, so a killed process never leaves a partial
+    # file under the final name (no fsync: a resume re-checks every file, see _usable).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -182,6 +183,20 @@ def _check_info(info: DatasetInfo, recipe_name: str) -> None:
 def _result_name(i: int, ref: SubjectRef) -> str:
     digest = hashlib.sha256(f"{ref.sub_dataset}/{ref.subject_id}".encode()).hexdigest()[:16]
     return f"{i:07d}-{digest}.npz"
+
+
+def _usable(path: Path) -> bool:
+    """A finished subject file from an earlier run that reads back; else removed."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as z:
+            if "plane" in z.files and "images" in z.files and z["plane"].ndim == 1:
+                return True
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        pass
+    path.unlink(missing_ok=True)
+    return False
 
 
 def _prepare_workdir(work: Path, fingerprint: dict) -> bool:
@@ -277,7 +292,7 @@ def build_index(
     work = out.with_name(out.name + WORK_SUFFIX)
     resuming = _prepare_workdir(work, fingerprint)
     result_paths = [work / _result_name(i, r) for i, r in enumerate(refs)]
-    todo = [i for i, p in enumerate(result_paths) if not p.exists()]
+    todo = [i for i, p in enumerate(result_paths) if not (resuming and _usable(p))]
     report = BuildReport(out=out, dataset=info.name, subjects=len(refs), built=0,
                          resumed=len(refs) - len(todo) if resuming else 0)
     skipped: dict[int, dict] = {}
@@ -399,6 +414,8 @@ def _assemble(out: Path, info: DatasetInfo, recipe_name: str, options: dict, par
             g.create_dataset("log", data=np.asarray(
                 [json.dumps(s, sort_keys=True) for s in skipped], dtype=object),
                 dtype=STR_DTYPE, track_times=False)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -188,9 +188,10 @@ class TaskIndex:
                 self._cache[key] = cached
                 self._cached_bytes += nbytes
             else:
-                uniq, inverse = np.unique(rows, return_inverse=True)
-                data = dset[uniq] if what == "images" else dset[uniq, label]
-                return data[inverse]
+                # one chunk per row: plain per-row reads beat h5py fancy indexing by ~50x
+                if what == "images":
+                    return np.stack([dset[int(r)] for r in rows])
+                return np.stack([dset[int(r), label] for r in rows])
         return cached[rows]
 
     def _slices(self, gi: int, label: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
