@@ -41,3 +41,24 @@ def run(args: argparse.Namespace) -> int:
                     resume=args.resume is not None,
                     progress=False if args.no_progress else None)
     return 130 if summary.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m incontext.cli.train ...``: this subcommand alone (same as ``incontext train``)."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="incontext")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"incontext train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("incontext train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -444,6 +445,7 @@ class Trainer:
                 else None
         window_loss: list[float] = []
         window_dice: list[float] = []
+        running_dice: deque[float] = deque(maxlen=50)
         last_loss = None
         interrupted = False
         bar = _ProgressBar(self.show_progress, total, self.step)
@@ -456,10 +458,11 @@ class Trainer:
                 self.step += 1
                 window_loss.append(loss)
                 window_dice.append(dice)
+                running_dice.append(dice)
                 last_loss = loss
                 elapsed = self.elapsed_before + time.perf_counter() - t0
                 sps = (self.step - start_step) / max(time.perf_counter() - t0, 1e-9)
-                bar.update(self.step, loss, float(np.mean(window_dice[-50:])), sps)
+                bar.update(self.step, loss, float(np.mean(running_dice)), sps)
                 if self.step % r.log_every == 0 or self.step == total:
                     mean_loss, mean_dice = dist_utils.all_reduce_mean(
                         self.dist, [float(np.mean(window_loss)), float(np.mean(window_dice))])
