@@ -19,9 +19,7 @@ def _box(shape, r0, r1, c0, c1):
 def _ref_edges(mask: np.ndarray) -> np.ndarray:
     """Reference boundary: foreground pixels with a 4-neighbour that is background/outside."""
     padded = np.pad(mask, 1, constant_values=False)
-    interior = (
-        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~interior
 
 
