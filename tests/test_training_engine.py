@@ -124,3 +124,22 @@ def test_learns_on_synthetic_tasks(tmp_path):
     assert summary.initial_val_dice is not None and summary.best_val_dice is not None
     assert summary.best_val_dice > summary.initial_val_dice + 0.2, summary.val_history
     assert summary.best_val_dice > 0.5
+
+
+def test_trains_on_a_task_index_mixed_with_synthetic(tmp_path):
+    from incontext.data import build_index
+    from incontext.data.fixtures import write_png_pairs
+
+    src = write_png_pairs(tmp_path / "src", n=15)
+    index = tmp_path / "pairs.h5"
+    build_index("png-pairs", src, index, size=64, progress=False)
+    cfg = tiny_config(steps=4, data={"synthetic_ratio": 0.5})
+    summary = train(config_from_dict(cfg), indexes=[index], run_dir=tmp_path / "run")
+    assert summary.steps == 4
+    saved = load_config(tmp_path / "run" / "config.toml")
+    assert saved.data.indexes == (str(index.resolve()),)
+    val = summary.val_history[-1]
+    # index tasks (val split) and held-back synthetic tasks are both validated
+    assert "synthetic-heldout" in val["per_dataset"] and len(val["per_dataset"]) == 2
+    resumed = train(None, run_dir=tmp_path / "run", resume=True)  # reopens the index
+    assert resumed.steps == 4
