@@ -212,3 +212,12 @@ def test_parse_support_arg_and_load_support_checks(tmp_path):
     nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "vl.nii"))
     with pytest.raises(ImageReadError, match="vl.nii: label values are not integers"):
         load_support(parse_support_arg(f"{tmp_path}/v.nii:{tmp_path}/vl.nii"))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_png(tmp_path / "p.png", np.zeros((2, 2), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="average K predictions with random support subsets (default 1)")
     p.add_argument("--support-size", type=int, metavar="N",
-                   help="supports per prediction (default: all, at most 64)")
+                   help="supports per prediction (2D default: all, at most 64; 3D: 16 "
+                        "slices per query slice)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold for foreground (default 0.5)")
     p.add_argument("--modality", choices=("ct", "mr", "other"), default="other",

@@ -88,6 +88,14 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path}: output exists already (use --overwrite to replace it)")
 
 
+def _default_mode(path: Path) -> int:
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
                  overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path`` (atomic on one filesystem).
@@ -102,6 +110,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _default_mode(path))  # mkstemp creates 0600; use the usual mode
         if not overwrite and path.exists():
             raise OutputExistsError(f"{path}: output appeared while writing; not replaced")
         os.replace(tmp, path)
