@@ -489,7 +489,7 @@ def _print_summary(results: list[FileResult], labels: list[int], out: Path, cons
     from rich.table import Table
 
     table = Table(title=f"incontext segment -> {out}")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
     table.add_column("shape", justify="right")
     table.add_column("slices", justify="right")
     table.add_column("seconds", justify="right")
