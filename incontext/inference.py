@@ -18,6 +18,7 @@ from torch import nn
 
 from incontext.preprocessing import (
     PreprocessingError,
+    check_finite,
     normalize_intensity,
     pad_to_square,
     resize_image,
@@ -99,12 +100,16 @@ def _check_label_map(label: np.ndarray, i: int) -> np.ndarray:
 
 
 def _prepare_images(images: list[np.ndarray], size: int, what: str, modality: str,
-                    window) -> np.ndarray:
+                    window, normalized: bool = False) -> np.ndarray:
     out = np.empty((len(images), size, size), dtype=np.float32)
     for i, image in enumerate(images):
         try:
             gray = to_grayscale(image, f"{what} {i}")
-            norm = normalize_intensity(gray, modality, window, f"{what} {i}")
+            if normalized:
+                check_finite(gray, f"{what} {i}")
+                norm = np.clip(gray, 0.0, 1.0)
+            else:
+                norm = normalize_intensity(gray, modality, window, f"{what} {i}")
         except PreprocessingError as exc:
             raise SupportSetError(str(exc)) from exc
         out[i] = resize_image(pad_to_square(norm), size)
@@ -158,13 +163,16 @@ def segment(
     labels: Sequence[int] | None = None,
     modality: str = "other",
     window: Sequence[float] | None = None,
+    supports_normalized: bool = False,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
     query: one 2D image, a (Q,H,W) stack or a list of 2D images of any sizes.
     support_images / support_labels: (S,H,W) stacks or lists of 2D arrays; each
     label map holds integer values, 0 = background; every other value (or those
-    in ``labels``) is one binary task.
+    in ``labels``) is one binary task. ``supports_normalized=True`` takes support
+    images as already normalised to [0, 1] (e.g. slices from a task index, normalised
+    over their whole volume) instead of min-max normalising each one again.
     support_size: entries per forward pass (default: all, at most 64); with a
     larger pool, each of the ``ensemble`` members uses a random subset (seeded)
     and probabilities are averaged.
@@ -207,7 +215,8 @@ def segment(
 
     size = _model_resolution(model)
     q_arr = torch.from_numpy(_prepare_images(queries, size, "query", modality, window))
-    s_arr = torch.from_numpy(_prepare_images(s_images, size, "support image", modality, window))
+    s_arr = torch.from_numpy(_prepare_images(s_images, size, "support image", modality, window,
+                                             normalized=supports_normalized))
     pool = len(s_images)
     k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)

@@ -136,3 +136,22 @@ def test_bad_inputs_have_clear_errors():
     with pytest.warns(UserWarning, match="every support label is empty"):
         result = segment(model, q, images, np.zeros_like(labels))
     assert result.mask.sum() == 0
+
+
+class MeanSupportImage(MeanSupportLabel):
+    def forward(self, target, images, labels):
+        return torch.logit(images.mean(dim=1).clamp(1e-4, 1 - 1e-4))
+
+
+def test_normalised_supports_are_not_stretched_again():
+    images = np.full((2, 32, 32), 0.3, np.float32)
+    images[:, :, :16] = 0.2  # an index slice normalised over its volume: range 0.2..0.3
+    labels = np.ones((2, 32, 32), np.uint8)
+    raw = segment(MeanSupportImage(32), images[0], images, labels)
+    kept = segment(MeanSupportImage(32), images[0], images, labels, supports_normalized=True)
+    assert raw.probabilities[0, 5, 25] == pytest.approx(1.0, abs=1e-3)  # min-max: 0.2..0.3 -> 0..1
+    assert kept.probabilities[0, 5, 25] == pytest.approx(0.3, abs=1e-3)
+    bad = images.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(SupportSetError, match="NaN"):
+        segment(MeanSupportImage(32), images[0], bad, labels, supports_normalized=True)

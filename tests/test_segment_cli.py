@@ -311,7 +311,51 @@ def test_support_source_required(tmp_path, capsys):
 
 
 def test_support_index(tmp_path, model_path):
-    data_mod = pytest.importorskip("incontext.data")
-    if not hasattr(data_mod, "TaskIndex"):
-        pytest.skip("incontext.data.TaskIndex is not available yet")
-    pytest.skip("index fixtures need the TaskIndex builder API")
+    from PIL import Image
+
+    from incontext.data import build_index
+    from incontext.data.fixtures import write_png_pairs
+
+    src = write_png_pairs(tmp_path / "pairs", n=10, shape=(40, 52))
+    index = tmp_path / "pairs.h5"
+    build_index("png-pairs", src, index, size=32, progress=False)
+    from incontext.data import TaskIndex
+
+    with TaskIndex.open(index) as idx:
+        task = idx.tasks[0].name
+    rc = run_cli(["segment", "--support-index", str(index), "--task", task,
+                  "--query", str(src / "images"), "--out", str(tmp_path / "o"),
+                  "--model", str(model_path)])
+    assert rc == 0
+    outputs = sorted((tmp_path / "o").glob("*.png"))
+    assert len(outputs) == 10
+    mask = np.asarray(Image.open(outputs[0]))
+    assert mask.shape == (40, 52) and set(np.unique(mask)) <= {0, 1}
+    assert run_cli(["segment", "--support-index", str(index), "--task", "no/such/task",
+                    "--query", str(src / "images"), "--out", str(tmp_path / "o2"),
+                    "--model", str(model_path)]) == 2
+
+
+def test_text_prompt_through_segment(tmp_path, capsys):
+    from PIL import Image
+
+    from incontext.models import TextDriven, TextDrivenConfig
+
+    torch.manual_seed(0)
+    weights = save(TextDriven(TextDrivenConfig(widths=(8, 16), resolution=32, text_dim=64,
+                                               text_encoder="hashing",
+                                               text_encoder_options={"dim": 64})),
+                   tmp_path / "td.safetensors")
+    (tmp_path / "q").mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((30, 34)) * 255).astype(np.uint8)
+                        ).save(tmp_path / "q" / f"img{i}.png")
+    rc = run_cli(["segment", "--text", "heart", "--text", "left lung", "--query",
+                  str(tmp_path / "q"), "--out", str(tmp_path / "o"), "--model", str(weights)])
+    assert rc == 0
+    mask = np.asarray(Image.open(tmp_path / "o" / "img1.png"))
+    assert mask.shape == (30, 34) and mask.max() <= 2
+    assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
+                    "--out", str(tmp_path / "o3")]) == 2
+    assert "--model" in _err(capsys)
+

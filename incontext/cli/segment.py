@@ -64,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sup.add_argument("--task", help="task name inside --support-index")
     sup.add_argument("--max-supports", type=int, metavar="N",
                      help="use only the first N pairs (sorted by name) from --support-dir")
-    # --- text prompts: the lead adds add_text_arguments(p) from incontext.text_segment here ---
+    from incontext.text_segment import add_text_arguments
+
+    add_text_arguments(p)  # --text NAME: a TextDriven model segments named structures
     p.add_argument("--query", required=True, metavar="PATH",
                    help="an image or volume, a folder of them, or a glob pattern (quoted)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -149,6 +151,7 @@ class SupportSet:
     ndim: int
     names: list[str]
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)
+    normalized: bool = False  # images already in [0, 1] (index slices): no re-normalisation
 
 
 def _load_file_supports(pairs: Sequence[SupportPair]) -> SupportSet:
@@ -194,7 +197,8 @@ def _load_index_supports(path: str, task: str) -> SupportSet:
         raise CLIError(f"--support-index {path}: task {task!r} has no training entries")
     return SupportSet(images=list(images.astype(np.float32)),
                       labels=list((labels > 0).astype(np.int64) if labels.max() <= 1 else labels),
-                      ndim=2, names=[f"{path}:{task}[{i}]" for i in range(len(images))])
+                      ndim=2, names=[f"{path}:{task}[{i}]" for i in range(len(images))],
+                      normalized=True)
 
 
 def load_supports(args: argparse.Namespace) -> SupportSet:
@@ -372,6 +376,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``incontext segment``."""
+    if getattr(args, "text", None):
+        from incontext.text_segment import run_text_segmentation
+
+        if args.model is None:
+            raise CLIError("--text needs --model: a TextDriven weights file (.safetensors)")
+        args.images = list_image_files(args.query, "--query")
+        return run_text_segmentation(args)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("always")
@@ -463,7 +474,8 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
     result = segment(model, query.data, supports.images, supports.labels,
                      ensemble=args.ensemble, support_size=args.support_size,
                      threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-                     labels=wanted, modality=args.modality, window=window)
+                     labels=wanted, modality=args.modality, window=window,
+                     supports_normalized=supports.normalized)
     return result.mask, result.uncertainty
 
 
