@@ -3,7 +3,9 @@
 Each (implementation, support size, batch) runs in a fresh subprocess. Peak memory
 is the kernel's resident-set high-water mark (VmHWM, reset through
 /proc/self/clear_refs just before the first forward pass, with model and inputs
-built) minus the resident size at that moment. Latency is the median of timed repeats after one warm-up pass.
+built) minus the resident size at that moment. Latency is the median of ``--repeats`` timed passes after one warm-up, with the
+two implementations timed alternately in one process so that their ratio is
+robust to load from other processes.
 
     python benchmarks/inference.py                     # table + benchmarks/results/inference.json
     python benchmarks/inference.py --sizes 1,8,64 --batches 1
@@ -88,6 +90,38 @@ def run_one(impl: str, support: int, batch: int, resolution: int, repeats: int,
     }
 
 
+def time_interleaved(support: int, batch: int, resolution: int, repeats: int,
+                     seed: int, pairwise: bool = True) -> dict:
+    """Median latency of both implementations, timed alternately in one process.
+
+    Alternating the two makes their ratio robust to load from other processes.
+    """
+    import torch
+
+    from incontext.models import UniverSeg, pairwise_forward
+
+    torch.manual_seed(seed)
+    model = UniverSeg().eval()
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(batch, 1, resolution, resolution, generator=g)
+    images = torch.rand(batch, support, 1, resolution, resolution, generator=g)
+    labels = (torch.rand(batch, support, 1, resolution, resolution, generator=g) > 0.5).float()
+    impls = {"fast": lambda: model(target, images, labels)}
+    if pairwise:
+        impls["pairwise"] = lambda: pairwise_forward(model, target, images, labels)
+    times: dict[str, list[float]] = {k: [] for k in impls}
+    with torch.inference_mode():
+        for fn in impls.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for name, fn in impls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()} | {
+        "threads": torch.get_num_threads()}
+
+
 def max_output_difference(support: int, batch: int, resolution: int, seed: int) -> float:
     import torch
 
@@ -105,6 +139,14 @@ def max_output_difference(support: int, batch: int, resolution: int, seed: int) 
     return float((fast - pair).abs().max())
 
 
+def _run_json(cmd: list[str], what: str) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        raise SystemExit(f"benchmark worker failed: {what}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--min-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--max-pairwise-mib", type=float, default=8192,
                         help="skip pairwise runs whose estimated peak memory exceeds this")
     parser.add_argument("--out", type=Path, default=RESULTS / "inference.json")
+    parser.add_argument("--timer", nargs=3, metavar=("S", "B", "PAIRWISE"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "S", "B"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.timer:
+        s, b, pw = args.timer
+        print(json.dumps(time_interleaved(int(s), int(b), args.resolution, args.repeats, 0,
+                                          pairwise=pw == "1")))
+        return 0
     if args.worker:
         impl, s, b = args.worker
         result = run_one(impl, int(s), int(b), args.resolution, args.repeats,
@@ -139,15 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         # measured: the pairwise path peaks at ~48 MiB per (query, support) pair at 128x128
         estimate = 48.0 * b * s * (args.resolution / 128) ** 2
         impls = ("fast", "pairwise") if estimate <= args.max_pairwise_mib else ("fast",)
-        for impl in impls:
+        for impl in impls:  # peak memory: one fresh process per implementation
             cmd = [sys.executable, __file__, "--worker", impl, str(s), str(b),
-                   "--resolution", str(args.resolution), "--repeats", str(args.repeats),
-                   "--min-seconds", str(args.min_seconds)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                raise SystemExit(f"worker failed: {impl} S={s} B={b}")
-            pair[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                   "--resolution", str(args.resolution), "--repeats", "1",
+                   "--min-seconds", "0"]
+            pair[impl] = _run_json(cmd, f"{impl} S={s} B={b}")
+        timing = _run_json([sys.executable, __file__, "--timer", str(s), str(b),
+                            "1" if "pairwise" in impls else "0", "--resolution",
+                            str(args.resolution), "--repeats", str(args.repeats)],
+                           f"timing S={s} B={b}")
+        for impl in impls:
+            pair[impl]["latency_s"] = timing[impl]
         skipped = "pairwise" not in pair
         diff = None if skipped else max_output_difference(s, min(b, 2), args.resolution, 0)
         rows.append({
