@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from incontext.atomic import atomic_write
 from incontext.inference import (
     SupportSetError,
     _as_image_list,
@@ -249,15 +248,7 @@ def add_text_arguments(parser: argparse.ArgumentParser, standalone: bool = False
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: write(str(tmp)), keep_suffix=False)
 
 
 def _first(args: argparse.Namespace, *names: str, default=None):

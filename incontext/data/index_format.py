@@ -19,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from incontext.atomic import atomic_write_text
+
 FORMAT = "incontext-index"
 SCHEMA_VERSION = 1
 MANIFEST_FORMAT = "incontext-index-manifest"
@@ -120,19 +122,6 @@ def read_manifest(path: Path) -> list[Path]:
     return paths
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(path: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> Path:

@@ -13,8 +13,6 @@ leaves a half-written model behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from incontext.atomic import atomic_write, atomic_write_text
 from incontext.models.universeg import UniverSeg, UniverSegConfig
 
 FORMAT_VERSION = 1
@@ -51,20 +50,6 @@ def config_path_for(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(model: nn.Module, path: str | Path, *, preprocessing: dict | None = None,
          provenance: dict | None = None) -> Path:
     """Save ``model`` as ``path`` (.safetensors) plus ``path.with_suffix('.json')``."""
@@ -73,15 +58,8 @@ def save(model: nn.Module, path: str | Path, *, preprocessing: dict | None = Non
         raise WeightsError(f"{path}: weights files must end in .safetensors")
     arch = architecture_of(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"architecture": arch, "format": str(FORMAT_VERSION)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(
+        tensors, str(tmp), metadata={"architecture": arch, "format": str(FORMAT_VERSION)}))
     meta = {
         "format": FORMAT_VERSION,
         "architecture": arch,
@@ -89,7 +67,7 @@ def save(model: nn.Module, path: str | Path, *, preprocessing: dict | None = Non
         "preprocessing": preprocessing or {"modality": "other", "normalization": "min-max"},
         "provenance": provenance or {},
     }
-    _atomic_write_bytes(config_path_for(path), json.dumps(meta, indent=2).encode())
+    atomic_write_text(config_path_for(path), json.dumps(meta, indent=2))
     return path
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from incontext.atomic import atomic_write_text
 from incontext.models.text_driven import TextDriven, TextDrivenConfig
 from incontext.text.base import format_prompt, get_text_encoder
 from incontext.text.cache import EmbeddingCache, embed_prompts
@@ -324,15 +324,7 @@ def evaluate(model: TextDriven, data: MultiLabelData, text: torch.Tensor, *,
 # ---------------------------------------------------------------------------- training
 
 def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def embed_vocabulary(model_config: TextDrivenConfig, prompts: Sequence[str],
