@@ -1,0 +1,154 @@
+"""``run_benchmark``: the held-out benchmark as one Python call."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from incontext.benchmark.methods import load_model_method, make_baselines, resolve_baselines
+from incontext.benchmark.protocol import ProtocolError, load_task
+from incontext.benchmark.results import BenchmarkResults
+from incontext.benchmark.runner import BenchmarkConfig, RowCache, run_task
+from incontext.data import TaskIndex
+
+DEFAULT_SUPPORT_SIZES = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_ENSEMBLES = (1, 5)
+
+
+def _positive_ints(values: Sequence[int], what: str) -> list[int]:
+    out = sorted({int(v) for v in values})
+    if not out or out[0] < 1:
+        raise ValueError(f"{what}: need one or more integers >= 1, got {list(values)}")
+    return out
+
+
+def select_tasks(index: TaskIndex, patterns: Sequence[str] | None) -> list[str]:
+    """Task names matching any glob pattern (all tasks when ``patterns`` is empty)."""
+    names = [t.name for t in index.tasks]
+    if not patterns:
+        return names
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise ValueError(f"no task matches {list(patterns)}; tasks: {names}")
+    return chosen
+
+
+def run_benchmark(
+    index: str | os.PathLike | Sequence[str | os.PathLike] | TaskIndex,
+    *,
+    model: str | os.PathLike | nn.Module | None = None,
+    baselines: str | Sequence[str] | None = "all",
+    baseline_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    support_sizes: Sequence[int] = DEFAULT_SUPPORT_SIZES,
+    ensembles: Sequence[int] = DEFAULT_ENSEMBLES,
+    repeats: int = 5,
+    method_repeats: Mapping[str, int] | None = None,
+    queries_per_task: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    tasks: Sequence[str] | None = None,
+    methods: Sequence[Any] = (),
+    progress: bool = True,
+    plots: bool = True,
+    console: Any = None,
+) -> BenchmarkResults:
+    """Benchmark the model and baselines on the held-out tasks of ``index``.
+
+    ``model``: None = the default model (baselines only, with a note, when none is
+    shipped), ``"none"`` = no model, a registry name or weights path, or an ``nn.Module``.
+    ``baselines``: ``"all"``, ``"a,b"``, a list, or None; ``baseline_settings`` =
+    {name: {setting: value}}. ``method_repeats`` overrides ``repeats`` per method.
+    ``methods``: extra objects with ``name``, ``describe()`` and ``predict(...)``.
+    With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
+    results.csv, report.md and plots (when matplotlib is installed) are written.
+    """
+    from incontext.benchmark import report
+
+    t_start = time.perf_counter()
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if queries_per_task is not None and queries_per_task < 1:
+        raise ValueError(f"queries_per_task must be >= 1, got {queries_per_task}")
+    config = BenchmarkConfig(
+        support_sizes=_positive_ints(support_sizes, "support_sizes"),
+        ensembles=_positive_ints(ensembles, "ensembles"),
+        repeats=int(repeats), method_repeats={k: int(v) for k, v in (method_repeats or {}
+                                                                     ).items()},
+        queries_per_task=queries_per_task, seed=int(seed))
+    if any(v < 1 for v in config.method_repeats.values()):
+        raise ValueError(f"method_repeats must be >= 1, got {config.method_repeats}")
+
+    notes: list[str] = []
+    all_methods: list[Any] = []
+    model_method, note = load_model_method(model)
+    if note:
+        notes.append(note)
+    if model_method is not None:
+        all_methods.append(model_method)
+    all_methods += make_baselines(resolve_baselines(baselines), baseline_settings)
+    all_methods += list(methods)
+    names = [m.name for m in all_methods]
+    if not all_methods:
+        raise ValueError("nothing to benchmark: no model and no baselines")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    unknown = sorted(set(config.method_repeats) - set(names))
+    if unknown:
+        raise ValueError(f"method_repeats for method(s) not being run: {unknown}")
+
+    own_index = not isinstance(index, TaskIndex)
+    opened = TaskIndex.open(index) if own_index else index
+    out = Path(out_dir) if out_dir is not None else None
+    cache = RowCache(out / "cache") if out is not None else None
+    results = BenchmarkResults(rows=[], config=config,
+                               methods={m.name: m.describe() for m in all_methods},
+                               indexes=[str(p) for p in opened.paths], out_dir=out, notes=notes)
+    try:
+        task_names = select_tasks(opened, tasks)
+        rows_per_task = sum(len(config.support_sizes)
+                            * (len(config.ensembles) if getattr(m, "ensembles", False) else 1)
+                            for m in all_methods)
+        with report.progress_bar(progress, console) as bar:
+            t_tasks = bar.add_task("tasks", total=len(task_names))
+            t_rows = bar.add_task("rows", total=len(task_names) * rows_per_task)
+
+            def on_row(_: str, info: dict[str, Any]) -> None:
+                if info["cached"]:
+                    results.cached_rows += 1
+                else:
+                    results.computed_rows += 1
+                row = info["row"]
+                if info.get("example") is not None:
+                    results.examples[(row.task, row.method, row.support_size,
+                                      row.ensemble)] = info["example"]
+                bar.advance(t_rows)
+
+            for name in task_names:
+                bar.update(t_tasks, description=f"tasks [dim]{name}[/]")
+                try:
+                    data = load_task(opened, name, queries_per_task=queries_per_task,
+                                     seed=config.seed)
+                except ProtocolError as exc:
+                    results.skipped_tasks[name] = str(exc)
+                    bar.advance(t_rows, rows_per_task)
+                    bar.advance(t_tasks)
+                    continue
+                for method in all_methods:
+                    bar.update(t_rows, description=f"rows [dim]{method.name}[/]")
+                    results.rows += run_task(method, data, config, cache, on_row)
+                bar.advance(t_tasks)
+                if out is not None:  # partial results survive an interrupted run
+                    report.write_tables(results, out)
+    finally:
+        if own_index:
+            opened.close()
+    results.seconds = time.perf_counter() - t_start
+    if out is not None:
+        report.write_reports(results, out, plots=plots)
+    return results

@@ -1,0 +1,142 @@
+"""Methods the benchmark runs: the classic baselines and an in-context model adapter.
+
+Every method has ``name``, ``describe()`` and ``predict(support_images, support_labels,
+query_images, *, seed) -> (Q, H, W)`` probabilities, the interface of
+:mod:`incontext.baselines`. Only the in-context model supports support-set ensembling
+(``ensembles = True``).
+
+The ``prototype`` baseline uses its fixed random-feature encoder, not the model's: a
+UniverSeg encoder has no support-independent image features (every CrossBlock mixes the
+query with the support set), so exposing it as a plain feature extractor would mean
+inventing a support set; see docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from incontext.baselines import BASELINES, get_baseline
+from incontext.inference import predict_probabilities
+
+
+class ModelMethod:
+    """An in-context segmentation model (UniverSeg-style) behind the baseline interface.
+
+    Images are resized (bilinear) to the model resolution when the index size differs, labels
+    likewise as soft masks, and probabilities back to the index size.
+    """
+
+    ensembles = True
+
+    def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
+                 batch_size: int = 8) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
+
+    def _resize(self, x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (size, size) or tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False,
+                             antialias=True)[:, 0]
+
+    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
+                query_images: np.ndarray, *, seed: int) -> np.ndarray:
+        """(Q, H, W) foreground probabilities; deterministic (``seed`` unused)."""
+        r = self.resolution
+        si = self._resize(torch.from_numpy(np.ascontiguousarray(support_images, np.float32)), r)
+        sl = self._resize(torch.from_numpy(np.ascontiguousarray(support_labels, np.float32)), r)
+        qi = self._resize(torch.from_numpy(np.ascontiguousarray(query_images, np.float32)), r)
+        prob = predict_probabilities(self.model, qi, si, sl.clamp(0, 1),
+                                     batch_size=self.batch_size)
+        prob = self._resize(prob, tuple(query_images.shape[-2:]))
+        return prob.clamp(0, 1).numpy().astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "kind": "in-context model",
+                                "resolution": self.resolution,
+                                "class": type(self.model).__name__}
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            info["config"] = config.to_dict()
+        if self.source:
+            info["source"] = self.source
+            path = Path(self.source)
+            if path.is_file():  # retrained weights at the same path invalidate the cache
+                st = path.stat()
+                info["weights_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return info
+
+
+def resolve_baselines(spec: str | Sequence[str] | None) -> list[str]:
+    """``"all"``, ``"none"``/None, ``"a,b"`` or a list -> validated baseline names."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return list(BASELINES)
+        if spec.strip().lower() in ("", "none"):
+            return []
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    names = list(dict.fromkeys(spec))
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from "
+                         f"{', '.join(BASELINES)} or 'all'")
+    return names
+
+
+def make_baselines(names: Sequence[str],
+                   settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[Any]:
+    """Instantiate baselines with per-method keyword settings ({name: {key: value}})."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ValueError(f"settings given for baseline(s) not being run: {unknown}")
+    out = []
+    for name in names:
+        try:
+            out.append(get_baseline(name, **dict(settings.get(name, {}))))
+        except TypeError as exc:
+            raise ValueError(f"baseline {name!r}: bad settings {settings.get(name)}: {exc}"
+                             ) from None
+    return out
+
+
+def load_model_method(model: str | os.PathLike | nn.Module | None
+                      ) -> tuple[ModelMethod | None, str | None]:
+    """The model to benchmark, and a note when there is none.
+
+    ``None`` -> the default model (``load_model()``); when no default model is shipped the
+    note says so and the benchmark runs the baselines only. ``"none"`` -> no model.
+    A name or a weights path -> ``load_model(name)``; an ``nn.Module`` is used as is.
+    """
+    from incontext.models import WeightsError, load_model
+
+    if isinstance(model, nn.Module):
+        return ModelMethod(model, name=getattr(model, "benchmark_name", "model")), None
+    if model is None:
+        try:
+            loaded = load_model()
+        except WeightsError as exc:
+            return None, f"no default model: {exc}; running the baselines only"
+        from incontext.models import registry
+
+        return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
+                           source=str(registry.DEFAULT_MODEL)), None
+    text = os.fspath(model)
+    if text.strip().lower() == "none":
+        return None, None
+    loaded = load_model(text)
+    name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
+    return ModelMethod(loaded, name=name, source=text), None
