@@ -89,6 +89,10 @@ def run_benchmark(
     model_method, note = load_model_method(model)
     if note:
         notes.append(note)
+        if progress:
+            from rich.console import Console
+
+            (console or Console()).print(f"[yellow]note:[/] {note}")
     if model_method is not None:
         all_methods.append(model_method)
     all_methods += make_baselines(resolve_baselines(baselines), baseline_settings)
