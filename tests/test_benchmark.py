@@ -136,6 +136,26 @@ def test_every_method_sees_the_same_supports_and_queries(index_paths, tmp_path):
     assert [c["supports"] for c in spy.calls] != seed7
 
 
+def test_model_member_zero_sees_the_baselines_supports(index_paths, tmp_path):
+    from incontext.benchmark import ModelMethod
+    from incontext.models import load_model
+
+    model = Spy(ModelMethod(load_model(str(_tiny_model(tmp_path / "m.safetensors"))),
+                            name="tiny"))
+    base = Spy(get_baseline("mean-label"))
+    results = run_benchmark(index_paths[0], model="none", baselines=None, methods=[model, base],
+                            support_sizes=[2, 64], ensembles=[1, 3], repeats=2,
+                            progress=False, plots=False)
+    # N=2: 2 draws x 3 members; N=64 (pool of 9): one draw, one member
+    assert len(model.calls) == 2 * 3 + 1 and len(base.calls) == 2 + 1
+    assert [model.calls[i] for i in (0, 3, 6)] == base.calls
+    extra = [model.calls[i]["supports"] for i in (1, 2)]
+    assert model.calls[0]["supports"] not in extra and extra[0] != extra[1]
+    rows = {(r.method, r.support_size, r.ensemble): r for r in results.rows}
+    assert rows[("tiny", 2, 3)].members == 3 and rows[("tiny", 64, 3)].members == 1
+    assert rows[("tiny", 2, 3)].seconds > rows[("tiny", 2, 1)].seconds
+
+
 # ------------------------------------------------------------------------------- cache
 
 def test_rerun_reuses_finished_rows(index_paths, tmp_path):
