@@ -75,7 +75,7 @@ def test_foreign_checkpoint_mismatch_and_pickles_are_refused(tmp_path):
             return (print, ("unpickled!",))
 
     evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    evil.write_bytes(pickle.dumps({"x": Evil()}, protocol=2))
     with pytest.raises(WeightsError, match="safely"):
         load_model("universeg-v1", path=evil)
 
