@@ -29,7 +29,7 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-DEFAULT_MODEL: str | None = None  # set once shipped weights exist (see MODEL_CARD.md)
+DEFAULT_MODEL: str | None = "incontext-universeg-s64"  # see MODEL_CARD.md
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -43,6 +43,15 @@ register(ModelSpec(
     weights=None,
     description="Published UniverSeg v1 architecture (Butoi et al., ICCV 2023); load the "
                 "public universeg_v1_nf64_ss64_STA.pt with path=...",
+))
+
+
+register(ModelSpec(
+    name="incontext-universeg-s64",
+    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=64),
+    weights="incontext-universeg-s64.safetensors",
+    description="Default model: UniverSeg, 4 blocks x 32 features, 64x64, meta-trained on "
+                "the training pool + synthetic tasks on 2 CPU cores (MODEL_CARD.md)",
 ))
 
 
