@@ -14,7 +14,7 @@ import sys
 from incontext import __version__
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "benchmark", "demo")
 
 
 class CLIError(Exception):
