@@ -251,7 +251,8 @@ def write_overlays(results: BenchmarkResults, out: Path, n: int, plt: Any) -> bo
                 panels.append((task, method_label(method, k), ex))
     if not panels:
         return False
-    fig, axes = plt.subplots(len(panels), 4, figsize=(8, 2.1 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 4, figsize=(8, 2.1 * len(panels)), squeeze=False,
+                             layout="constrained")
     for row, (task, label, ex) in enumerate(panels):
         img = ex["image"].astype(np.float32) / 255
         prob = ex["prob"].astype(np.float32) / 255
