@@ -357,8 +357,10 @@ def markdown(results: BenchmarkResults, plots: list[str]) -> str:
                       [[method_label(t["method"], t["ensemble"]), str(t["predictions"]),
                         f"{t['seconds']:.1f}", _fmt(t["seconds_per_query"], 1000.0, 2)]
                        for t in results.timing()]), ""]
-    out += [f"Whole run: {results.seconds:.0f} s ({results.computed_rows} rows computed, "
-            f"{results.cached_rows} reused from the cache).", ""]
+    out += ["Seconds are prediction time summed over rows (cached rows keep the time of the run "
+            f"that computed them). This invocation: {results.seconds:.0f} s "
+            f"({results.computed_rows} rows computed, {results.cached_rows} reused from the "
+            "cache).", ""]
     out += ["## Methods", ""]
     for name, desc in results.methods.items():
         out.append(f"- `{name}`: `{json.dumps(_clean(desc), sort_keys=True)}`")
