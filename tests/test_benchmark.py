@@ -352,3 +352,20 @@ def test_real_heldout_task(tmp_path):
     assert all(r.pool_limited and r.draws == 1 and r.support_used == len(train_ids)
                for r in big)
     assert all(r.queries == len(test_ids) for r in results.rows)
+
+
+def test_hd95_in_mm_when_the_index_records_spacing(index_paths, tmp_path):
+    from incontext.data.fixtures import write_nnunet
+
+    ds = write_nnunet(tmp_path / "raw", n=8, shape=(12, 10, 9), spacing=(2.0, 2.0, 2.0))
+    build_index("nnunet", ds, tmp_path / "vol.h5", size=16, progress=False)
+    results = run_benchmark(tmp_path / "vol.h5", model="none", baselines="mean-label",
+                            tasks=["*/axis2/liver"], support_sizes=[2], repeats=1,
+                            progress=False)
+    (row,) = results.rows
+    assert row.hd95_mm is not None and np.isfinite(row.hd95_mm)
+    assert row.hd95_mm > row.hd95_px  # mm per pixel at size 16 exceeds 1 here
+    # png-pairs indexes record no spacing: mm stays empty
+    flat = run_benchmark(index_paths[0], model="none", baselines="mean-label",
+                         support_sizes=[2], repeats=1, progress=False)
+    assert all(r.hd95_mm is None for r in flat.rows)
