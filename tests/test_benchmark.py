@@ -369,3 +369,23 @@ def test_hd95_in_mm_when_the_index_records_spacing(index_paths, tmp_path):
     flat = run_benchmark(index_paths[0], model="none", baselines="mean-label",
                          support_sizes=[2], repeats=1, progress=False)
     assert all(r.hd95_mm is None for r in flat.rows)
+
+
+def test_new_weights_at_the_same_path_are_not_served_from_the_cache(index_paths, tmp_path):
+    import torch
+
+    from incontext.models import UniverSeg, UniverSegConfig, save
+
+    weights = tmp_path / "w.safetensors"
+
+    def run():
+        return run_benchmark(index_paths[0], model=str(weights), baselines=None,
+                             support_sizes=[1], ensembles=[1], repeats=1, out_dir=tmp_path,
+                             progress=False, plots=False)
+
+    _tiny_model(weights)
+    assert run().computed_rows == 1
+    assert run().computed_rows == 0
+    torch.manual_seed(1)
+    save(UniverSeg(UniverSegConfig(encoder_widths=(4, 4), resolution=8)), weights)
+    assert run().computed_rows == 1

@@ -13,6 +13,7 @@ inventing a support set; see docs/benchmark.md.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,15 @@ from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
 from incontext.inference import predict_probabilities
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the model's parameter and buffer values."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode("utf-8"))
+        digest.update(value.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class ModelMethod:
@@ -43,6 +53,7 @@ class ModelMethod:
         self.source = source
         self.batch_size = int(batch_size)
         self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
+        self.fingerprint = weights_fingerprint(model)
 
     def _resize(self, x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == (size, size) or tuple(x.shape[-2:]) == size:
@@ -71,10 +82,7 @@ class ModelMethod:
             info["config"] = config.to_dict()
         if self.source:
             info["source"] = self.source
-            path = Path(self.source)
-            if path.is_file():  # retrained weights at the same path invalidate the cache
-                st = path.stat()
-                info["weights_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
 
