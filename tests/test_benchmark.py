@@ -389,3 +389,23 @@ def test_new_weights_at_the_same_path_are_not_served_from_the_cache(index_paths,
     torch.manual_seed(1)
     save(UniverSeg(UniverSegConfig(encoder_widths=(4, 4), resolution=8)), weights)
     assert run().computed_rows == 1
+
+
+def test_evaluation_masks_are_not_benchmarked_by_default():
+    from types import SimpleNamespace
+
+    from incontext.benchmark.api import select_tasks
+
+    class FakeIndex:
+        tasks = [SimpleNamespace(name="drive/2d/vessel", dataset="drive", label="vessel"),
+                 SimpleNamespace(name="drive/2d/field of view", dataset="drive",
+                                 label="field of view"),
+                 SimpleNamespace(name="wbc/2d/nucleus", dataset="wbc", label="nucleus")]
+
+        def dataset_attrs(self, dataset):
+            if dataset == "drive":
+                return {"extra": '{"evaluation_mask": "field of view"}'}
+            return {"extra": "{}"}
+
+    assert select_tasks(FakeIndex(), None) == ["drive/2d/vessel", "wbc/2d/nucleus"]
+    assert select_tasks(FakeIndex(), ["drive/*"]) == ["drive/2d/vessel", "drive/2d/field of view"]

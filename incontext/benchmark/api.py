@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,11 +29,28 @@ def _positive_ints(values: Sequence[int], what: str) -> list[int]:
     return out
 
 
+def _evaluation_masks(index: TaskIndex, dataset: str) -> set[str]:
+    """Labels a dataset records as evaluation masks (e.g. DRIVE's field of view)."""
+    try:
+        extra = index.dataset_attrs(dataset).get("extra", "{}")
+        extra = json.loads(extra) if isinstance(extra, str) else dict(extra or {})
+    except (KeyError, ValueError, TypeError):
+        return set()
+    mask = extra.get("evaluation_mask")
+    return {mask} if isinstance(mask, str) else set(mask or [])
+
+
 def select_tasks(index: TaskIndex, patterns: Sequence[str] | None) -> list[str]:
-    """Task names matching any glob pattern (all tasks when ``patterns`` is empty)."""
+    """Task names matching any glob pattern.
+
+    Without patterns: every task except those whose label the dataset records as an
+    evaluation mask (``extra["evaluation_mask"]``, e.g. DRIVE's field of view), which
+    is not a segmentation target; a pattern that names such a task includes it.
+    """
     names = [t.name for t in index.tasks]
     if not patterns:
-        return names
+        return [t.name for t in index.tasks
+                if t.label not in _evaluation_masks(index, t.dataset)]
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not chosen:
         raise ValueError(f"no task matches {list(patterns)}; tasks: {names}")
