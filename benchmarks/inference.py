@@ -27,6 +27,21 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _model_and_inputs(support: int, batch: int, resolution: int, seed: int):
+    """A seeded UniverSeg v1 (eval mode) and random query/support tensors."""
+    import torch
+
+    from incontext.models import UniverSeg
+
+    torch.manual_seed(seed)
+    model = UniverSeg().eval()
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(batch, 1, resolution, resolution, generator=g)
+    images = torch.rand(batch, support, 1, resolution, resolution, generator=g)
+    labels = (torch.rand(batch, support, 1, resolution, resolution, generator=g) > 0.5).float()
+    return model, target, images, labels
+
+
 def _status_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -56,14 +71,9 @@ def run_one(impl: str, support: int, batch: int, resolution: int, repeats: int,
             min_seconds: float, seed: int) -> dict:
     import torch
 
-    from incontext.models import UniverSeg, pairwise_forward
+    from incontext.models import pairwise_forward
 
-    torch.manual_seed(seed)
-    model = UniverSeg().eval()
-    g = torch.Generator().manual_seed(seed)
-    target = torch.rand(batch, 1, resolution, resolution, generator=g)
-    images = torch.rand(batch, support, 1, resolution, resolution, generator=g)
-    labels = (torch.rand(batch, support, 1, resolution, resolution, generator=g) > 0.5).float()
+    model, target, images, labels = _model_and_inputs(support, batch, resolution, seed)
 
     def forward():
         if impl == "fast":
@@ -98,14 +108,9 @@ def time_interleaved(support: int, batch: int, resolution: int, repeats: int,
     """
     import torch
 
-    from incontext.models import UniverSeg, pairwise_forward
+    from incontext.models import pairwise_forward
 
-    torch.manual_seed(seed)
-    model = UniverSeg().eval()
-    g = torch.Generator().manual_seed(seed)
-    target = torch.rand(batch, 1, resolution, resolution, generator=g)
-    images = torch.rand(batch, support, 1, resolution, resolution, generator=g)
-    labels = (torch.rand(batch, support, 1, resolution, resolution, generator=g) > 0.5).float()
+    model, target, images, labels = _model_and_inputs(support, batch, resolution, seed)
     impls = {"fast": lambda: model(target, images, labels)}
     if pairwise:
         impls["pairwise"] = lambda: pairwise_forward(model, target, images, labels)
@@ -125,14 +130,9 @@ def time_interleaved(support: int, batch: int, resolution: int, repeats: int,
 def max_output_difference(support: int, batch: int, resolution: int, seed: int) -> float:
     import torch
 
-    from incontext.models import UniverSeg, pairwise_forward
+    from incontext.models import pairwise_forward
 
-    torch.manual_seed(seed)
-    model = UniverSeg().eval()
-    g = torch.Generator().manual_seed(seed)
-    target = torch.rand(batch, 1, resolution, resolution, generator=g)
-    images = torch.rand(batch, support, 1, resolution, resolution, generator=g)
-    labels = (torch.rand(batch, support, 1, resolution, resolution, generator=g) > 0.5).float()
+    model, target, images, labels = _model_and_inputs(support, batch, resolution, seed)
     with torch.inference_mode():
         fast = model(target, images, labels)
         pair = pairwise_forward(model, target, images, labels)
