@@ -31,6 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from incontext.text.train import is_text_config
+
+    if args.config is not None and is_text_config(args.config):
+        # TextDriven configs ([model] + [train]) go to the partial-label trainer
+        from incontext.text.train import run_from_config
+
+        if args.resume is not None:
+            raise ValueError(f"{args.config}: text-driven runs cannot be resumed yet; "
+                             "start a new run with --out")
+        run_from_config(args.config, index=[str(i) for i in args.index] or None, out=args.out,
+                        progress=False if args.no_progress else None)
+        return 0
     from incontext.training import train
 
     if args.resume is not None and args.out is not None and args.out != args.resume:

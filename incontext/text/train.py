@@ -368,14 +368,26 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
     def validate(step: int, loss: float) -> None:
         nonlocal best
         entry = {"step": step, "loss": loss, "seconds": time.perf_counter() - t0}
+        improved = False
         if val_data is not None and text_val is not None:
             dice = evaluate(model, val_data, text_val)
             entry["val_dice"] = dice
             entry["val_mean_dice"] = float(np.mean(list(dice.values()))) if dice else 0.0
             if entry["val_mean_dice"] > best[0]:
+                improved = True
                 best = (entry["val_mean_dice"],
                         {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(entry)
+        if save_path is not None:
+            # a killed run still leaves its best model and the history so far
+            _atomic_json(Path(save_path).with_name("history.json"), history)
+            if improved and step > 0:
+                _save(model, best[1], save_path, cfg, train_data, best[0])
+        if not progress:
+            mean = entry.get("val_mean_dice")
+            print(f"step {step}/{cfg.steps} loss {loss:.4f}"
+                  + (f" val mean Dice {mean:.4f}" if mean is not None else "")
+                  + f" ({entry['seconds']:.0f} s)", flush=True)
 
     columns = [TextColumn("[bold]text-driven"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
@@ -412,17 +424,84 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
         model.load_state_dict(best[1])
     model.eval()
     if save_path is not None:
-        from incontext.models.io import save
-
-        save(model, Path(save_path), provenance={
-            "trainer": "incontext.text.train", "steps": cfg.steps,
-            "datasets": train_data.dataset_names, "prompts": train_data.prompts,
-            "best_val_mean_dice": best[0] if best[1] is not None else None})
+        _save(model, None, save_path, cfg, train_data,
+              best[0] if best[1] is not None else None)
     return model, history
 
 
+def _save(model: TextDriven, state: dict | None, path: str | os.PathLike,
+          cfg: TextTrainConfig, train_data: MultiLabelData, best_dice: float | None) -> None:
+    """Save ``model`` (with ``state`` loaded into a copy when given) and its provenance."""
+    import copy
+
+    from incontext.models.io import save
+
+    if state is not None:
+        model = copy.deepcopy(model)
+        model.load_state_dict(state)
+    save(model, Path(path), provenance={
+        "trainer": "incontext.text.train", "steps": cfg.steps,
+        "datasets": train_data.dataset_names, "prompts": train_data.prompts,
+        "best_val_mean_dice": best_dice})
+
+
+def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | None = None,
+                    steps: int | None = None, out: str | os.PathLike | None = None,
+                    progress: bool | None = None) -> dict:
+    """Train from a TOML config (``[model]`` + ``[train]``); returns the run summary.
+
+    ``index``/``steps``/``out`` override the config. Writes ``model.safetensors`` (+ JSON),
+    ``history.json`` and ``summary.json`` to the output directory.
+    """
+    import sys
+
+    model_cfg, cfg = load_config(config)
+    if index:
+        cfg.index = [str(i) for i in index] if not isinstance(index, str) else index
+    if steps:
+        cfg.steps = int(steps)
+    if out:
+        cfg.out = str(out)
+    if not cfg.index:
+        raise ValueError(f"{config}: [train] index is empty; give --index")
+    if progress is None:
+        progress = sys.stdout.isatty()
+    torch.set_num_threads(max(1, cfg.threads))
+    train_data = MultiLabelData.from_index(cfg.index, "train", datasets=cfg.datasets or None,
+                                           max_slices=cfg.train_max_slices, seed=cfg.seed)
+    val_data = MultiLabelData.from_index(cfg.index, "val", datasets=cfg.datasets or None,
+                                         max_slices=cfg.val_max_slices, seed=cfg.seed)
+    if train_data.images.shape[-1] != model_cfg.resolution:
+        raise ValueError(f"{cfg.index}: slices are {train_data.images.shape[-1]} px, [model] "
+                         f"resolution is {model_cfg.resolution}")
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out_dir / "config.json", {"model": model_cfg.to_dict(),
+                                           "train": dataclasses.asdict(cfg)})
+    model, history = train(model_cfg, cfg, train_data, val_data, progress=progress,
+                           save_path=out_dir / "model.safetensors")
+    _atomic_json(out_dir / "history.json", history)
+    best = max((h.get("val_mean_dice", -1) for h in history), default=None)
+    summary = {"best_val_mean_dice": best, "train_slices": len(train_data),
+               "datasets": train_data.dataset_names, "classes": len(train_data.prompts),
+               "final": history[-1] if history else {}}
+    _atomic_json(out_dir / "summary.json", summary)
+    print(f"done: {len(train_data)} train slices, {len(train_data.prompts)} classes; "
+          f"best val mean Dice {best}; model -> {out_dir / 'model.safetensors'}")
+    return summary
+
+
+def is_text_config(path: str | os.PathLike) -> bool:
+    """True when a TOML config is a TextDriven config (has a top-level ``[train]`` table)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return "train" in data and "data" not in data
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m incontext.text.train CONFIG [--steps N] [--out DIR]``."""
+    """``python -m incontext.text.train CONFIG [--index ...] [--steps N] [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="python -m incontext.text.train",
                                      description="Train a TextDriven model on an index.")
     parser.add_argument("config", type=Path)
@@ -430,33 +509,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="index file(s) or manifest(s); overrides [train] index")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain log lines instead of a progress bar")
     args = parser.parse_args(argv)
-    model_cfg, cfg = load_config(args.config)
-    if args.index:
-        cfg.index = args.index
-    if args.steps:
-        cfg.steps = args.steps
-    if args.out:
-        cfg.out = args.out
-    if not cfg.index:
-        raise SystemExit(f"{args.config}: [train] index is empty; give --index")
-    torch.set_num_threads(max(1, cfg.threads))
-    train_data = MultiLabelData.from_index(cfg.index, "train", datasets=cfg.datasets or None,
-                                           max_slices=cfg.train_max_slices, seed=cfg.seed)
-    val_data = MultiLabelData.from_index(cfg.index, "val", datasets=cfg.datasets or None,
-                                         max_slices=cfg.val_max_slices, seed=cfg.seed)
-    if train_data.images.shape[-1] != model_cfg.resolution:
-        raise SystemExit(f"{cfg.index}: slices are {train_data.images.shape[-1]} px, [model] "
-                         f"resolution is {model_cfg.resolution}")
-    out = Path(cfg.out)
-    model, history = train(model_cfg, cfg, train_data, val_data,
-                           save_path=out / "model.safetensors")
-    _atomic_json(out / "history.json", history)
-    final = history[-1] if history else {}
-    best = max((h.get("val_mean_dice", -1) for h in history), default=None)
-    print(f"done: {len(train_data)} train slices, {len(train_data.prompts)} classes; "
-          f"best val mean Dice {best}; model -> {out / 'model.safetensors'}")
-    _atomic_json(out / "summary.json", {"best_val_mean_dice": best, "final": final})
+    try:
+        run_from_config(args.config, index=args.index, steps=args.steps, out=args.out,
+                        progress=False if args.no_progress else None)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The ``incontext`` entry point: every subcommand is listed and parsing stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from incontext.cli import SUBCOMMANDS, build_parser, main
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+def test_building_the_parser_imports_no_torch():
+    # `incontext --help` must not pay for importing torch (1.6 s before the parser split)
+    code = ("import sys; from incontext.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'scipy', 'h5py') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_segment_parser_knows_ct_presets_and_text_options():
+    parser = build_parser()
+    args = parser.parse_args(["segment", "--query", "q.png", "--out", "o", "--window", "lung",
+                              "--text", "left lung"])
+    assert args.window == "lung" and args.text == ["left lung"]
+    assert callable(args.func)
