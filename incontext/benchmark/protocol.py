@@ -45,6 +45,8 @@ class TaskData:
     query_subjects: list[str]
     query_spacing: np.ndarray | None  # (Q, 2) mm per pixel, None unless known for all queries
     total_queries: int  # test slices before the --queries-per-task cap
+    label: str = ""  # the task's label name (text-prompted methods use it)
+    modality_name: str = ""  # the dataset's modality in words, e.g. "chest X-ray"
 
     @property
     def pool_size(self) -> int:
@@ -122,6 +124,7 @@ def load_task(index: TaskIndex, task: str, *, queries_per_task: int | None = Non
         pool_images=pool_x, pool_labels=pool_y, pool_subjects=list(pool_ids),
         query_images=q_x, query_labels=q_y, query_subjects=list(q_ids),
         query_spacing=spacing, total_queries=total,
+        label=info.label, modality_name=info.modality_name,
     )
 
 

@@ -208,6 +208,8 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
     Ensemble members are predicted once per draw and shared: the K row averages the first K
     members, and its time counts only those members.
     """
+    if hasattr(method, "set_task"):  # text-prompted methods need the task's label name
+        method.set_task(task)
     draws = support_draws(task.name, task.pool_size, n, config.repeats_for(method.name),
                           config.seed)
     k_max = max(ensembles)

@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="in-context model: registry name or .safetensors path; 'none' for "
                         "baselines only (default: the default model, or baselines only with "
                         "a note when none is shipped)")
+    p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
+                   help="also benchmark a TextDriven model, prompted with each task's label "
+                        "name, with the support examples, or both (see --text-modes)")
+    p.add_argument("--text-modes", default="all", metavar="all|text,examples,both",
+                   help="prompting modes of --text-model (default all three)")
     p.add_argument("--baselines", default="all", metavar="all|none|a,b",
                    help="baselines to run (default all)")
     p.add_argument("--baseline-option", action="append", type=_method_value, default=[],
@@ -107,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
     settings: dict[str, dict[str, object]] = {}
     for method, key, value in args.baseline_option:
         settings.setdefault(method, {})[key] = value
+    methods = []
+    if args.text_model is not None:
+        from incontext.benchmark.text_methods import text_prompt_methods
+
+        if not os.path.exists(args.text_model):
+            raise CLIError(f"--text-model {args.text_model}: no such file")
+        methods = text_prompt_methods(args.text_model, args.text_modes)
     console = Console()
     results = run_benchmark(
         args.index if len(args.index) > 1 else args.index[0],
@@ -115,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         method_repeats=dict(args.method_repeats), queries_per_task=args.queries_per_task,
         out_dir=args.out, seed=args.seed,
         tasks=[t for t in args.tasks.split(",") if t] if args.tasks else None,
-        progress=not args.no_progress, plots=not args.no_plots, console=console)
+        progress=not args.no_progress, plots=not args.no_plots, console=console,
+        methods=methods)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "
