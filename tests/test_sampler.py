@@ -195,3 +195,18 @@ def test_episode_dataset_batches(shards):
     fixed = EpisodeDataset(vol, support_size=4, seed=0)
     collated = next(iter(torch.utils.data.DataLoader(fixed, batch_size=2)))
     assert collated["support_images"].shape == (2, 4, 1, 16, 16)
+
+
+def test_split_spacing_matches_load_split_order(tmp_path):
+    from incontext.data import TaskIndex, build_index
+    from incontext.data.fixtures import write_nnunet
+
+    root = write_nnunet(tmp_path / "nn", n=6)
+    build_index("nnunet", root, tmp_path / "nn.h5", size=16, progress=False)
+    with TaskIndex.open(tmp_path / "nn.h5") as index:
+        name = index.tasks[0].name
+        for split in ("train", "test"):
+            images, _, _ = index.load_split(name, split)
+            spacing = index.split_spacing(name, split)
+            assert spacing.shape == (images.shape[0], 2)
+            assert np.isfinite(spacing).all() and (spacing > 0).all()

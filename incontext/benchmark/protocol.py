@@ -67,23 +67,9 @@ class Draw:
     pool_limited: bool  # the pool had <= N slices: indices is the whole pool
 
 
-def _split_rows(index: TaskIndex, task: str, split: str) -> np.ndarray:
-    """The sorted index rows ``load_split`` returns, for reading per-slice spacing."""
-    return np.sort(index.pool(task, split).rows)
-
-
 def _spacing(index: TaskIndex, task: str, split: str) -> np.ndarray | None:
-    """(N, 2) mm per pixel of the split's slices, or None when any is unknown.
-
-    Uses the index's per-slice ``spacing`` array (docs/index-format.md); TaskIndex has no
-    public accessor for it, so this reads its group metadata.
-    """
-    try:
-        _, gi, _ = index._entry(task)
-        meta = index._groups[gi][2]
-        spacing = np.asarray(meta.spacing[_split_rows(index, task, split)], dtype=np.float64)
-    except (AttributeError, IndexError, KeyError):  # pragma: no cover - index internals changed
-        return None
+    """(N, 2) mm per pixel of the split's slices, or None when any is unknown."""
+    spacing = index.split_spacing(task, split)
     if spacing.size == 0 or not np.isfinite(spacing).all() or (spacing <= 0).any():
         return None
     return spacing

@@ -212,6 +212,15 @@ class TaskIndex:
         images, labels = self._slices(gi, info.label_index, rows)
         return images, labels, self._groups[gi][2].subject[rows].tolist()
 
+    def split_spacing(self, task_name: str, split: str, skip_empty: bool = False
+                      ) -> np.ndarray:
+        """(N, 2) in-plane spacing (mm per pixel, index resolution) of the slices
+        :meth:`load_split` returns, in the same order; NaN where the source did not record it.
+        """
+        _, gi, _ = self._entry(task_name)
+        rows = np.sort(self.pool(task_name, split, skip_empty).rows)
+        return np.asarray(self._groups[gi][2].spacing[rows], dtype=np.float64)
+
     # -- episodes ---------------------------------------------------------------------------
     def episode(self, task_name: str, split: str, support_size: int, n_queries: int,
                 rng: np.random.Generator, skip_empty: bool = False,
