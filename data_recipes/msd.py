@@ -16,52 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_recipes.base import DatasetInfo, RecipeError, Subject, SubjectRef
+from data_recipes.dataset_json import DatasetJsonRecipe
 from data_recipes.nifti_pairs import load_nifti_subject
-from data_recipes.nnunet import find_dataset_dir, read_json
-from incontext.data.readers import modality_from_name, strip_suffix
-from incontext.data.recipe_tools import OptionsMixin, parse_labels
+from incontext.data.readers import strip_suffix
 
 
 @dataclass
-class MsdRecipe(OptionsMixin):
+class MsdRecipe(DatasetJsonRecipe):
     name: str = "msd"
-    dataset: str = ""
-    channel: int = 0
-    modality: str = ""
-    modality_name: str = ""
-    ct_window: tuple[float, float] | None = None
-    source: str = ""
-    citation: str = ""
-    license: str = ""
+    required_keys = ("labels", "modality", "training")
+    channel_key = "modality"
 
     def _meta(self, source: Path) -> tuple[Path, dict]:
-        root = find_dataset_dir(source)
-        meta = read_json(root / "dataset.json")
-        for key in ("labels", "modality", "training"):
-            if key not in meta:
-                raise RecipeError(f"{root / 'dataset.json'}: missing {key!r}")
+        root, meta = super()._meta(source)
         if not isinstance(meta["training"], list):
             raise RecipeError(f"{root / 'dataset.json'}: 'training' must be a list")
         return root, meta
 
     def describe(self, source: Path) -> DatasetInfo:
         root, meta = self._meta(source)
-        labels = parse_labels(meta["labels"], str(root / "dataset.json"))
-        modality_name = str(meta["modality"].get(str(self.channel), ""))
-        if not modality_name:
-            raise RecipeError(f"{root / 'dataset.json'}: no channel {self.channel} in modality")
-        name = self.dataset or root.name.split("_", 1)[-1].lower()
-        return DatasetInfo(
-            name=name,
-            modality=self.modality or modality_from_name(modality_name),
-            modality_name=self.modality_name or modality_name,
-            label_names=list(labels), dims=3,
-            source=self.source or str(meta.get("reference") or root),
-            citation=self.citation or str(meta.get("reference", "")),
-            license=self.license or str(meta.get("licence", meta.get("license", ""))),
-            ct_window=tuple(self.ct_window) if self.ct_window else None,
-            extra={"msd_name": str(meta.get("name", root.name)), "labels": labels},
-        )
+        return self._info(root, meta, 3, {"msd_name": str(meta.get("name", root.name))})
 
     def subjects(self, source: Path) -> list[SubjectRef]:
         root, meta = self._meta(source)

@@ -12,82 +12,29 @@ lower-case), ``channel`` (which input channel, default 0), ``modality``/``modali
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_recipes.base import DatasetInfo, RecipeError, Subject, SubjectRef
+from data_recipes.dataset_json import DatasetJsonRecipe, find_dataset_dir, read_json
 from data_recipes.nifti_pairs import load_nifti_subject
-from incontext.data.readers import label_map_to_masks, modality_from_name, read_image_2d
-from incontext.data.recipe_tools import OptionsMixin, parse_labels, require_dir
+from incontext.data.readers import label_map_to_masks, read_image_2d
+from incontext.data.recipe_tools import require_dir
 from incontext.preprocessing import PreprocessingError, to_grayscale
 
-
-def find_dataset_dir(source: Path, marker: str = "dataset.json") -> Path:
-    """``source`` if it holds ``marker``, else its single sub-folder that does."""
-    source = require_dir(Path(source), "dataset")
-    if (source / marker).is_file():
-        return source
-    found = sorted(p.parent for p in source.glob(f"*/{marker}"))
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise RecipeError(f"{source}: no {marker} here or in a direct sub-folder")
-    raise RecipeError(f"{source}: several datasets found ({[p.name for p in found]}); pick one")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``, or a RecipeError naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: file not found") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: cannot read JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a JSON object")
-    return data
+__all__ = ["NnUNetRecipe", "RECIPE", "find_dataset_dir", "read_json"]
 
 
 @dataclass
-class NnUNetRecipe(OptionsMixin):
+class NnUNetRecipe(DatasetJsonRecipe):
     name: str = "nnunet"
-    dataset: str = ""
-    channel: int = 0
-    modality: str = ""
-    modality_name: str = ""
-    ct_window: tuple[float, float] | None = None
-    source: str = ""
-    citation: str = ""
-    license: str = ""
-
-    def _meta(self, source: Path) -> tuple[Path, dict]:
-        root = find_dataset_dir(source)
-        meta = read_json(root / "dataset.json")
-        for key in ("labels", "channel_names"):
-            if key not in meta:
-                raise RecipeError(f"{root / 'dataset.json'}: missing {key!r}")
-        return root, meta
+    required_keys = ("labels", "channel_names")
+    channel_key = "channel_names"
 
     def describe(self, source: Path) -> DatasetInfo:
         root, meta = self._meta(source)
-        labels = parse_labels(meta["labels"], str(root / "dataset.json"))
-        channel_name = str(meta["channel_names"].get(str(self.channel), ""))
-        if not channel_name:
-            raise RecipeError(f"{root / 'dataset.json'}: no channel {self.channel} in channel_names")
-        name = self.dataset or root.name.split("_", 1)[-1].lower()
         dims = 2 if meta.get("file_ending", ".nii.gz") in (".png", ".bmp", ".tif", ".jpg") else 3
-        return DatasetInfo(
-            name=name,
-            modality=self.modality or modality_from_name(channel_name),
-            modality_name=self.modality_name or channel_name,
-            label_names=list(labels), dims=dims,
-            source=self.source or str(meta.get("reference") or root),
-            citation=self.citation or str(meta.get("reference", "")),
-            license=self.license or str(meta.get("licence", meta.get("license", ""))),
-            ct_window=tuple(self.ct_window) if self.ct_window else None,
-            extra={"nnunet_name": root.name, "labels": labels, "dims": dims},
-        )
+        return self._info(root, meta, dims, {"nnunet_name": root.name, "dims": dims})
 
     def subjects(self, source: Path) -> list[SubjectRef]:
         root, meta = self._meta(source)
