@@ -3,36 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from fake_models import EchoQuery, MeanSupportImage, MeanSupportLabel
 
 import incontext
 from incontext.inference import SupportSetError, draw_support_subsets, segment
 from incontext.models import UniverSeg
 from incontext.preprocessing import resize_mask_soft
-
-
-class EchoQuery(nn.Module):
-    """Fake model whose probability is the (preprocessed) query intensity."""
-
-    def __init__(self, resolution=64):
-        super().__init__()
-        self.config = type("Cfg", (), {"resolution": resolution})()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, target, images, labels):
-        return torch.logit(target.clamp(1e-4, 1 - 1e-4))
-
-
-class MeanSupportLabel(nn.Module):
-    """Fake model whose probability is the mean support label (per pixel)."""
-
-    def __init__(self, resolution=32):
-        super().__init__()
-        self.config = type("Cfg", (), {"resolution": resolution})()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, target, images, labels):
-        return torch.logit(labels.mean(dim=1).clamp(1e-4, 1 - 1e-4))
 
 
 def _supports(n=6, shape=(40, 50), seed=0):
@@ -136,11 +112,6 @@ def test_bad_inputs_have_clear_errors():
     with pytest.warns(UserWarning, match="every support label is empty"):
         result = segment(model, q, images, np.zeros_like(labels))
     assert result.mask.sum() == 0
-
-
-class MeanSupportImage(MeanSupportLabel):
-    def forward(self, target, images, labels):
-        return torch.logit(images.mean(dim=1).clamp(1e-4, 1 - 1e-4))
 
 
 def test_normalised_supports_are_not_stretched_again():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from fake_models import EchoQuery, MeanSupportLabel
 
 from incontext.models import UniverSeg
 from incontext.volumes import (
@@ -18,30 +18,6 @@ from incontext.volumes import (
     resolve_window,
     segment_volume,
 )
-
-
-class EchoQuery(nn.Module):
-    """Probability = the preprocessed query intensity."""
-
-    def __init__(self, resolution=32):
-        super().__init__()
-        self.config = type("Cfg", (), {"resolution": resolution})()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, target, images, labels):
-        return torch.logit(target.clamp(1e-4, 1 - 1e-4))
-
-
-class MeanSupportLabel(nn.Module):
-    """Probability = the mean support label per pixel."""
-
-    def __init__(self, resolution=32):
-        super().__init__()
-        self.config = type("Cfg", (), {"resolution": resolution})()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, target, images, labels):
-        return torch.logit(labels.mean(dim=1).clamp(1e-4, 1 - 1e-4))
 
 
 def test_labeled_extent_and_nearest_relative_slices():
