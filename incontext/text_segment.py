@@ -240,27 +240,36 @@ def run_text_segmentation(args: argparse.Namespace) -> int:
 
     from data_recipes.base import RecipeError
     from incontext.data.readers import read_image_2d, strip_suffix
-    from incontext.models.io import load
+    from incontext.io.files import check_writable, list_image_files
+    from incontext.models import load_model, registry
 
     names = [n for item in (args.text or []) for n in [item.strip()] if n]
     if not names:
         raise ValueError("--text: give at least one class name")
-    model_path = _first(args, "model", "weights")
-    if model_path is None:
+    model_name = _first(args, "model", "weights", default=registry.DEFAULT_TEXT_MODEL)
+    if model_name is None:
         raise ValueError("--model: give a TextDriven weights file (.safetensors)")
-    model = load(model_path)
+    model = load_model(str(model_name))
     if not isinstance(model, TextDriven):
-        raise ValueError(f"{model_path}: --text needs a TextDriven model, this file holds "
+        raise ValueError(f"{model_name}: --text needs a TextDriven model, this one is a "
                          f"{type(model).__name__}")
     paths = _first(args, "images", "query", default=[])
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if isinstance(paths, (str, Path)):
+        paths = list_image_files(paths)  # a file, a folder or a glob, as for examples
+    paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no images given")
     out = Path(_first(args, "out", "output", default="."))
+    overwrite = bool(getattr(args, "overwrite", False))
+    for p in paths:
+        check_writable(out / f"{strip_suffix(p.name)}.png", overwrite)
     encoder = None
     if args.text_encoder or args.text_encoder_path:
         opts = {"path": args.text_encoder_path} if args.text_encoder_path else {}
-        encoder = model_text_encoder(model, args.text_encoder or "clip", **opts)
+        try:
+            encoder = model_text_encoder(model, args.text_encoder or "clip", **opts)
+        except TextEncoderError as exc:
+            raise ValueError(str(exc)) from None
     cache = EmbeddingCache(args.embedding_cache) if args.embedding_cache else None
     images = []
     for p in paths:
@@ -268,11 +277,14 @@ def run_text_segmentation(args: argparse.Namespace) -> int:
             images.append(read_image_2d(p))
         except RecipeError as exc:
             raise ValueError(str(exc)) from None
-    results = segment_text(model, images, names, modality=_first(args, "modality",
-                                                                  default="other"),
-                           modality_name=args.modality_name,
-                           threshold=float(_first(args, "threshold", default=0.5)),
-                           encoder=encoder, cache=cache)
+    try:
+        results = segment_text(model, images, names,
+                               modality=_first(args, "modality", default="other"),
+                               modality_name=args.modality_name,
+                               threshold=float(_first(args, "threshold", default=0.5)),
+                               encoder=encoder, cache=cache)
+    except TextEncoderError as exc:  # e.g. the minilm extra is not installed
+        raise ValueError(str(exc)) from None
     if cache is not None and cache.dirty:
         cache.save()
     for p, res in zip(paths, results, strict=True):

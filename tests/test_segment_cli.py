@@ -336,7 +336,7 @@ def test_support_index(tmp_path, model_path):
                     "--model", str(model_path)]) == 2
 
 
-def test_text_prompt_through_segment(tmp_path, capsys):
+def test_text_prompt_through_segment(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     from incontext.models import TextDriven, TextDrivenConfig
@@ -355,7 +355,16 @@ def test_text_prompt_through_segment(tmp_path, capsys):
     assert rc == 0
     mask = np.asarray(Image.open(tmp_path / "o" / "img1.png"))
     assert mask.shape == (30, 34) and mask.max() <= 2
+    # without --model, --text uses the registry's default TextDriven model
+    from incontext.models import registry
+
+    monkeypatch.setattr(registry, "DEFAULT_TEXT_MODEL", str(weights))
     assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
-                    "--out", str(tmp_path / "o3")]) == 2
-    assert "--model" in _err(capsys)
+                    "--out", str(tmp_path / "o3")]) == 0
+    assert (tmp_path / "o3" / "img0.png").exists()
+    # a UniverSeg model cannot take --text: a clear error, not a traceback
+    plain = save(UniverSeg(), tmp_path / "u.safetensors")
+    assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
+                    "--out", str(tmp_path / "o4"), "--model", str(plain)]) == 2
+    assert "needs a TextDriven model" in _err(capsys)
 

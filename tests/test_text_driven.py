@@ -254,6 +254,10 @@ def test_cli_writes_masks_and_class_table(tmp_path):
     table = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert [c["name"] for c in table["classes"]] == ["heart", "left lung"]
     assert (tmp_path / "emb.h5").exists()
+    with pytest.raises(ValueError, match="exists already"):  # no silent overwrite
+        run_text_segmentation(args)
+    args.overwrite = True
+    assert run_text_segmentation(args) == 0
     bad = parser.parse_args([str(tmp_path / "missing.png"), "--model", str(weights),
                              "--out", str(tmp_path / "o2"), "--text", "heart"])
     with pytest.raises(ValueError, match="missing.png"):

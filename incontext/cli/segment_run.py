@@ -321,8 +321,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "text", None):
         from incontext.text_segment import run_text_segmentation
 
-        if args.model is None:
-            raise CLIError("--text needs --model: a TextDriven weights file (.safetensors)")
+        # without --model the shipped TextDriven model is used (registry.DEFAULT_TEXT_MODEL)
         args.images = list_image_files(args.query, "--query")
         return run_text_segmentation(args)
     with warnings.catch_warnings():

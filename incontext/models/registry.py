@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from incontext.models.io import WeightsError, load, load_foreign_checkpoint
+from incontext.models.text_driven import TextDriven, TextDrivenConfig
 from incontext.models.universeg import UniverSeg, UniverSegConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -23,13 +24,14 @@ class ModelSpec:
     """
 
     name: str
-    config: UniverSegConfig
+    config: UniverSegConfig | TextDrivenConfig
     weights: str | None
     description: str
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 DEFAULT_MODEL: str | None = "incontext-universeg-s64"  # see MODEL_CARD.md
+DEFAULT_TEXT_MODEL: str | None = "text-driven-minilm"  # for --text; see docs/text-driven.md
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -55,13 +57,27 @@ register(ModelSpec(
 ))
 
 
+register(ModelSpec(
+    name="text-driven-minilm",
+    config=TextDrivenConfig(widths=(16, 32, 64, 128), norm_groups=8, resolution=128,
+                            text_dim=384, text_encoder="minilm", hybrid=True),
+    weights="text-driven-minilm.safetensors",
+    description="TextDriven (CLIP-Driven Universal Model in 2D, hybrid text + examples), "
+                "all-MiniLM-L6-v2 class names, 128x128, trained on the real multi-label "
+                "training pool on 1 CPU thread (docs/text-driven.md); needs incontext[text]",
+))
+
+
 def available_models() -> list[str]:
     return sorted(REGISTRY)
 
 
 def create_model(name: str) -> nn.Module:
     """A registered architecture with freshly initialised weights."""
-    return UniverSeg(_spec(name).config)
+    config = _spec(name).config
+    if isinstance(config, TextDrivenConfig):
+        return TextDriven(config)
+    return UniverSeg(config)
 
 
 def _spec(name: str) -> ModelSpec:
