@@ -282,7 +282,10 @@ def run_text_segmentation(args: argparse.Namespace) -> int:
                                modality=_first(args, "modality", default="other"),
                                modality_name=args.modality_name,
                                threshold=float(_first(args, "threshold", default=0.5)),
-                               encoder=encoder, cache=cache)
+                               encoder=encoder, cache=cache,
+                               support_images=getattr(args, "support_images", None),
+                               support_labels=getattr(args, "support_labels", None),
+                               support_values=getattr(args, "support_values", None))
     except TextEncoderError as exc:  # e.g. the minilm extra is not installed
         raise ValueError(str(exc)) from None
     if cache is not None and cache.dirty:

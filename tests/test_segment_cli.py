@@ -362,6 +362,21 @@ def test_text_prompt_through_segment(tmp_path, capsys, monkeypatch):
     assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
                     "--out", str(tmp_path / "o3")]) == 0
     assert (tmp_path / "o3" / "img0.png").exists()
+    # text + examples (hybrid prompt): the examples change the prediction
+    lab = np.zeros((30, 34), np.uint8)
+    lab[5:20, 8:25] = 2  # value 2 marks the 2nd class ("left lung")
+    Image.fromarray(lab).save(tmp_path / "lab0.png")
+    rc = run_cli(["segment", "--text", "heart", "--text", "left lung", "--support",
+                  f"{tmp_path / 'q' / 'img0.png'}:{tmp_path / 'lab0.png'}", "--query",
+                  str(tmp_path / "q"), "--out", str(tmp_path / "o5"), "--model", str(weights),
+                  "--save-probabilities"])
+    assert rc == 0
+    rc = run_cli(["segment", "--text", "heart", "--text", "left lung", "--query",
+                  str(tmp_path / "q"), "--out", str(tmp_path / "o6"), "--model", str(weights),
+                  "--save-probabilities"])
+    assert rc == 0
+    assert not np.allclose(np.load(tmp_path / "o5" / "img1.npy"),
+                           np.load(tmp_path / "o6" / "img1.npy"))
     # a UniverSeg model cannot take --text: a clear error, not a traceback
     plain = save(UniverSeg(), tmp_path / "u.safetensors")
     assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),

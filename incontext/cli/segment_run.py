@@ -323,6 +323,13 @@ def run(args: argparse.Namespace) -> int:
 
         # without --model the shipped TextDriven model is used (registry.DEFAULT_TEXT_MODEL)
         args.images = list_image_files(args.query, "--query")
+        if args.support or args.support_dir or args.support_index:
+            # hybrid prompt: label value --labels[i] (default i + 1) marks the i-th --text
+            supports = load_supports(args)
+            if supports.ndim != 2:
+                raise CLIError("--text with support examples takes 2D supports only")
+            args.support_images, args.support_labels = supports.images, supports.labels
+            args.support_values = parse_labels(args.labels)
         return run_text_segmentation(args)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

@@ -22,7 +22,10 @@ def add_text_arguments(parser: argparse.ArgumentParser, standalone: bool = False
     group = parser.add_argument_group("text prompts (TextDriven models)")
     group.add_argument("--text", action="append", metavar="NAME",
                        help="a class to segment by name; repeat for several classes "
-                            "(label value i in the output mask = i-th --text)")
+                            "(label value i in the output mask = i-th --text). With support "
+                            "examples too (--support/--support-dir/--support-index), a "
+                            "hybrid model uses both; support label --labels[i] (default "
+                            "i) marks the i-th class")
     group.add_argument("--modality-name", default=None,
                        help="words for the prompt 'A {modality} image of a {label}' "
                             "(e.g. 'chest X-ray'; default from --modality)")
