@@ -26,6 +26,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
+from incontext.tiling import predict_tiled, tiled_size
 
 ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_SUPPORT_SIZE = 64
@@ -164,6 +165,7 @@ def segment(
     modality: str = "other",
     window: Sequence[float] | None = None,
     supports_normalized: bool = False,
+    tiles: int = 1,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -175,11 +177,15 @@ def segment(
     over their whole volume) instead of min-max normalising each one again.
     support_size: entries per forward pass (default: all, at most 64); with a
     larger pool, each of the ``ensemble`` members uses a random subset (seeded)
-    and probabilities are averaged.
+    and probabilities are averaged. ``tiles`` > 1 runs the model on position-matched,
+    overlapping tiles of a ``tiles``-times larger image (:mod:`incontext.tiling`), for
+    structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
         raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
+    if not isinstance(tiles, int) or tiles < 1:
+        raise SupportSetError(f"tiles must be an integer >= 1, got {tiles!r}")
     if not 0.0 < threshold < 1.0:
         raise SupportSetError(f"threshold must be in (0, 1), got {threshold}")
     single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
@@ -213,7 +219,8 @@ def segment(
         warnings.warn(f"label value(s) {missing} do not occur in any support label",
                       stacklevel=2)
 
-    size = _model_resolution(model)
+    resolution = _model_resolution(model)
+    size = tiled_size(resolution, tiles)  # working size: the model's, or tiles x it
     q_arr = torch.from_numpy(_prepare_images(queries, size, "query", modality, window))
     s_arr = torch.from_numpy(_prepare_images(s_images, size, "support image", modality, window,
                                              normalized=supports_normalized))
@@ -234,8 +241,14 @@ def segment(
                                                  size) for lab in label_maps])
             for m, subset in enumerate(subsets):
                 idx = torch.from_numpy(subset)
-                member_probs[m, li] = predict_probabilities(
-                    model, q_arr, s_arr[idx], soft[idx], batch_size=batch_size)
+                if tiles == 1:
+                    member_probs[m, li] = predict_probabilities(
+                        model, q_arr, s_arr[idx], soft[idx], batch_size=batch_size)
+                else:
+                    member_probs[m, li] = predict_tiled(
+                        lambda q, si, sl: predict_probabilities(model, q, si, sl,
+                                                                batch_size=batch_size),
+                        q_arr, s_arr[idx], soft[idx], resolution)
     finally:
         model.train(was_training)
 

@@ -383,3 +383,16 @@ def test_text_prompt_through_segment(tmp_path, capsys, monkeypatch):
                     "--out", str(tmp_path / "o4"), "--model", str(plain)]) == 2
     assert "needs a TextDriven model" in _err(capsys)
 
+
+
+def test_tiles_option(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup", colour=True)
+    query = next(p for p in sorted((sup / "images").iterdir()))
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
+                  str(tmp_path / "out"), "--model", str(model_path), "--tiles", "2"])
+    assert rc == 0, capsys.readouterr().err
+    mask = np.asarray(Image.open(tmp_path / "out" / f"{query.stem}.png"))
+    assert mask.shape == np.asarray(Image.open(query)).shape[:2]
+    assert run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
+                    str(tmp_path / "o2"), "--model", str(model_path), "--tiles", "0"]) == 2
+    assert "--tiles" in _err(capsys)

@@ -72,6 +72,7 @@ def run_benchmark(
     seed: int = 0,
     tasks: Sequence[str] | None = None,
     methods: Sequence[Any] = (),
+    model_tiles: int = 1,
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -83,6 +84,8 @@ def run_benchmark(
     ``baselines``: ``"all"``, ``"a,b"``, a list, or None; ``baseline_settings`` =
     {name: {setting: value}}. ``method_repeats`` overrides ``repeats`` per method.
     ``methods``: extra objects with ``name``, ``describe()`` and ``predict(...)``.
+    ``model_tiles`` > 1 runs the model on tiles (:mod:`incontext.tiling`); its rows are
+    named ``<model>-tiles<g>``.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -104,7 +107,7 @@ def run_benchmark(
 
     notes: list[str] = []
     all_methods: list[Any] = []
-    model_method, note = load_model_method(model)
+    model_method, note = load_model_method(model, tiles=int(model_tiles))
     if note:
         notes.append(note)
         if progress:

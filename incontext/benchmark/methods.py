@@ -26,6 +26,7 @@ from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
 from incontext.inference import predict_probabilities
+from incontext.tiling import predict_tiled
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -47,11 +48,14 @@ class ModelMethod:
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, tiles: int = 1) -> None:
+        if tiles < 1:
+            raise ValueError(f"tiles must be >= 1, got {tiles}")
         self.model = model.eval()
-        self.name = name
+        self.name = name if tiles == 1 else f"{name}-tiles{tiles}"
         self.source = source
         self.batch_size = int(batch_size)
+        self.tiles = int(tiles)
         self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
         self.fingerprint = weights_fingerprint(model)
 
@@ -64,12 +68,19 @@ class ModelMethod:
     def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
                 query_images: np.ndarray, *, seed: int) -> np.ndarray:
         """(Q, H, W) foreground probabilities; deterministic (``seed`` unused)."""
-        r = self.resolution
+        r = self.resolution * self.tiles
         si = self._resize(torch.from_numpy(np.ascontiguousarray(support_images, np.float32)), r)
         sl = self._resize(torch.from_numpy(np.ascontiguousarray(support_labels, np.float32)), r)
         qi = self._resize(torch.from_numpy(np.ascontiguousarray(query_images, np.float32)), r)
-        prob = predict_probabilities(self.model, qi, si, sl.clamp(0, 1),
-                                     batch_size=self.batch_size)
+
+        def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
+            return predict_probabilities(self.model, q, s_img, s_lab,
+                                         batch_size=self.batch_size)
+
+        if self.tiles == 1:
+            prob = run(qi, si, sl.clamp(0, 1))
+        else:
+            prob = predict_tiled(run, qi, si, sl.clamp(0, 1), self.resolution)
         prob = self._resize(prob, tuple(query_images.shape[-2:]))
         return prob.clamp(0, 1).numpy().astype(np.float32)
 
@@ -82,6 +93,8 @@ class ModelMethod:
             info["config"] = config.to_dict()
         if self.source:
             info["source"] = self.source
+        if self.tiles > 1:  # only then, so rows cached before tiling existed stay valid
+            info["tiles"] = self.tiles
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -121,7 +134,7 @@ def make_baselines(names: Sequence[str],
     return out
 
 
-def load_model_method(model: str | os.PathLike | nn.Module | None
+def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int = 1
                       ) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
@@ -132,7 +145,8 @@ def load_model_method(model: str | os.PathLike | nn.Module | None
     from incontext.models import WeightsError, load_model
 
     if isinstance(model, nn.Module):
-        return ModelMethod(model, name=getattr(model, "benchmark_name", "model")), None
+        return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
+                           tiles=tiles), None
     if model is None:
         try:
             loaded = load_model()
@@ -141,10 +155,10 @@ def load_model_method(model: str | os.PathLike | nn.Module | None
         from incontext.models import registry
 
         return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
-                           source=str(registry.DEFAULT_MODEL)), None
+                           source=str(registry.DEFAULT_MODEL), tiles=tiles), None
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
     loaded = load_model(text)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
-    return ModelMethod(loaded, name=name, source=text), None
+    return ModelMethod(loaded, name=name, source=text, tiles=tiles), None

@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="in-context model: registry name or .safetensors path; 'none' for "
                         "baselines only (default: the default model, or baselines only with "
                         "a note when none is shipped)")
+    p.add_argument("--model-tiles", type=int, default=1, metavar="G",
+                   help="run the model on G x G overlapping tiles of a G-times larger image "
+                        "(thin structures; (2G-1)^2 passes); default 1 = whole image")
     p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--index {path}: no such file")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.model_tiles < 1:
+        raise CLIError(f"--model-tiles must be >= 1, got {args.model_tiles}")
     if args.queries_per_task is not None and args.queries_per_task < 1:
         raise CLIError(f"--queries-per-task must be >= 1, got {args.queries_per_task}")
     settings: dict[str, dict[str, object]] = {}
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, seed=args.seed,
         tasks=[t for t in args.tasks.split(",") if t] if args.tasks else None,
         progress=not args.no_progress, plots=not args.no_plots, console=console,
-        methods=methods)
+        methods=methods, model_tiles=args.model_tiles)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

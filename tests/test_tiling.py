@@ -1,0 +1,78 @@
+"""Tiled in-context inference: tile grid, blending, and agreement with whole-image runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fake_models import EchoQuery, MeanSupportLabel
+
+from incontext.inference import SupportSetError, segment
+from incontext.tiling import predict_tiled, tile_origins, tiled_size
+
+
+def test_tile_origins_cover_the_image_with_half_overlap():
+    assert tile_origins(64, 64) == [0]
+    assert tile_origins(128, 64) == [0, 32, 64]
+    assert tile_origins(100, 64) == [0, 32, 36]  # last tile flush with the edge
+    for size, tile in [(128, 64), (100, 64), (192, 64)]:
+        covered = np.zeros(size, bool)
+        for o in tile_origins(size, tile):
+            covered[o:o + tile] = True
+        assert covered.all()
+    with pytest.raises(ValueError):
+        tiled_size(64, 0)
+
+
+def test_pixelwise_predictor_is_reproduced_exactly():
+    # a predictor that only looks at each pixel gives the same map tiled or not
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.random((3, 96, 96)).astype(np.float32))
+    s = torch.from_numpy(rng.random((2, 96, 96)).astype(np.float32))
+    calls = []
+
+    def predict(qt, st, lt):
+        calls.append(qt.shape)
+        assert st.shape[-2:] == qt.shape[-2:] == lt.shape[-2:] == (32, 32)
+        return qt * 0.5 + lt.mean(0) * 0.25
+
+    out = predict_tiled(predict, q, s, (s > 0.5).float(), 32)
+    expected = q * 0.5 + (s > 0.5).float().mean(0) * 0.25
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert len(calls) == len(tile_origins(96, 32)) ** 2 == 25
+
+
+def test_tiles_are_position_matched():
+    # the mean support label of the matching tile: with one support, the output is its label
+    label = np.zeros((64, 64), np.uint8)
+    label[5:20, 40:60] = 1
+    image = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    res = segment(MeanSupportLabel(16), image, [image], [label], tiles=2)
+    assert res.probabilities.shape == (1, 64, 64)
+    assert (res.mask == label).mean() > 0.97
+
+
+def test_thin_structure_survives_tiling_but_not_shrinking():
+    image = np.zeros((128, 128), np.float32)
+    image[:, 63] = 1.0  # a one-pixel line; EchoQuery returns the query intensity
+    label = np.zeros((128, 128), np.uint8)
+    label[:, 63] = 1
+    whole = segment(EchoQuery(16), image, [image], [label])
+    tiled = segment(EchoQuery(16), image, [image], [label], tiles=4)
+    assert whole.probabilities[0, :, 63].max() < 0.5  # 16 px blurs the line away
+    assert tiled.probabilities[0, :, 63].mean() > whole.probabilities[0, :, 63].mean() + 0.1
+    with pytest.raises(SupportSetError, match="tiles"):
+        segment(EchoQuery(16), image, [image], [label], tiles=0)
+
+
+def test_benchmark_method_names_and_describes_tiles():
+    from incontext.benchmark.methods import ModelMethod
+
+    m = ModelMethod(MeanSupportLabel(16), name="m", tiles=2)
+    assert m.name == "m-tiles2" and m.describe()["tiles"] == 2
+    assert "tiles" not in ModelMethod(MeanSupportLabel(16), name="m").describe()
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 40, 40)).astype(np.float32)
+    lab = (img > 0.5).astype(np.float32)
+    out = m.predict(img[:2], lab[:2], img[2:], seed=0)
+    assert out.shape == (1, 40, 40) and 0 <= out.min() and out.max() <= 1
