@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
-from incontext.tiling import predict_tiled, tiled_size
+from incontext.tiling import choose_tiles, predict_tiled, resize_stack, tiled_size
 
 ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_SUPPORT_SIZE = 64
@@ -44,12 +44,14 @@ class Segmentation:
     probabilities: (L, H, W) mean foreground probability per label
     uncertainty:   (L, H, W) std of the probability across ensemble members
     labels:        the L foreground label values, in the order of the first axis
+    tiles:         per label, the tiling used (1 = whole image; see ``segment(tiles=)``)
     """
 
     mask: np.ndarray
     probabilities: np.ndarray
     uncertainty: np.ndarray
     labels: list[int]
+    tiles: list[int] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -165,7 +167,7 @@ def segment(
     modality: str = "other",
     window: Sequence[float] | None = None,
     supports_normalized: bool = False,
-    tiles: int = 1,
+    tiles: int | str = 1,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -180,12 +182,14 @@ def segment(
     and probabilities are averaged. ``tiles`` > 1 runs the model on position-matched,
     overlapping tiles of a ``tiles``-times larger image (:mod:`incontext.tiling`), for
     structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
+    ``tiles="auto"`` picks 1 or 2 per label by segmenting a few supports from the others
+    (:func:`incontext.tiling.choose_tiles`); ``Segmentation.tiles`` says what was used.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
         raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
-    if not isinstance(tiles, int) or tiles < 1:
-        raise SupportSetError(f"tiles must be an integer >= 1, got {tiles!r}")
+    if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
+        raise SupportSetError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
     if not 0.0 < threshold < 1.0:
         raise SupportSetError(f"threshold must be in (0, 1), got {threshold}")
     single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
@@ -220,35 +224,56 @@ def segment(
                       stacklevel=2)
 
     resolution = _model_resolution(model)
-    size = tiled_size(resolution, tiles)  # working size: the model's, or tiles x it
-    q_arr = torch.from_numpy(_prepare_images(queries, size, "query", modality, window))
-    s_arr = torch.from_numpy(_prepare_images(s_images, size, "support image", modality, window,
-                                             normalized=supports_normalized))
+    options = (1, 2) if tiles == "auto" else (tiles,)
+    sizes = {g: tiled_size(resolution, g) for g in options}  # working sizes
+    q_by = {g: torch.from_numpy(_prepare_images(queries, sizes[g], "query", modality, window))
+            for g in options}
+    s_by = {g: torch.from_numpy(_prepare_images(s_images, sizes[g], "support image", modality,
+                                                window, normalized=supports_normalized))
+            for g in options}
+    size = sizes[max(options)]
     pool = len(s_images)
     k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
 
+    def run(g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor) -> torch.Tensor:
+        if g == 1:
+            return predict_probabilities(model, q, si, sl, batch_size=batch_size)
+        return predict_tiled(lambda a, b, c: predict_probabilities(model, a, b, c,
+                                                                   batch_size=batch_size),
+                             q, si, sl, resolution)
+
+    def run_resized(g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
+                    ) -> torch.Tensor:
+        w = sizes[g]
+        prob = run(g, resize_stack(q, w), resize_stack(si, w), resize_stack(sl, w))
+        return resize_stack(prob, q.shape[-1])
+
     n_lab = len(wanted)
     n_q = len(queries)
     member_probs = torch.zeros((ensemble, n_lab, n_q, size, size))
+    chosen: list[int] = []
     was_training = model.training
     model.eval()
     try:
         for li, value in enumerate(wanted):
             if value not in present:
+                chosen.append(options[0])
                 continue  # probability stays 0
-            soft = torch.stack([resize_mask_soft(pad_to_square((lab == value).astype(np.float32)),
-                                                 size) for lab in label_maps])
+            soft = {g: torch.stack([resize_mask_soft(pad_to_square(
+                (lab == value).astype(np.float32)), sizes[g]) for lab in label_maps])
+                for g in options}
+            g_lab = options[0]
+            if len(options) > 1:  # "auto": the tiling that best segments the supports
+                first = torch.from_numpy(subsets[0])
+                big = max(options)
+                g_lab, _ = choose_tiles(run_resized, s_by[big][first], soft[big][first],
+                                        options, seed=seed)
+            chosen.append(g_lab)
             for m, subset in enumerate(subsets):
                 idx = torch.from_numpy(subset)
-                if tiles == 1:
-                    member_probs[m, li] = predict_probabilities(
-                        model, q_arr, s_arr[idx], soft[idx], batch_size=batch_size)
-                else:
-                    member_probs[m, li] = predict_tiled(
-                        lambda q, si, sl: predict_probabilities(model, q, si, sl,
-                                                                batch_size=batch_size),
-                        q_arr, s_arr[idx], soft[idx], resolution)
+                prob = run(g_lab, q_by[g_lab], s_by[g_lab][idx], soft[g_lab][idx])
+                member_probs[m, li] = resize_stack(prob, size)
     finally:
         model.train(was_training)
 
@@ -266,7 +291,8 @@ def segment(
             mask[fg] = np.asarray(wanted)[best[fg]]
         mask = mask.astype(_label_dtype(wanted))
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
-                                    uncertainty=unc.astype(np.float32), labels=list(wanted)))
+                                    uncertainty=unc.astype(np.float32), labels=list(wanted),
+                                    tiles=list(chosen)))
     return results[0] if single else results
 
 

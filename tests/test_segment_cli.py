@@ -393,6 +393,10 @@ def test_tiles_option(tmp_path, model_path, capsys):
     assert rc == 0, capsys.readouterr().err
     mask = np.asarray(Image.open(tmp_path / "out" / f"{query.stem}.png"))
     assert mask.shape == np.asarray(Image.open(query)).shape[:2]
-    assert run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
-                    str(tmp_path / "o2"), "--model", str(model_path), "--tiles", "0"]) == 2
-    assert "--tiles" in _err(capsys)
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
+                  str(tmp_path / "o3"), "--model", str(model_path), "--tiles", "auto"])
+    assert rc == 0, capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
+                 str(tmp_path / "o2"), "--model", str(model_path), "--tiles", "0"])
+    assert exc.value.code == 2 and "--tiles" in _err(capsys)

@@ -8,7 +8,7 @@ import torch
 from fake_models import EchoQuery, MeanSupportLabel
 
 from incontext.inference import SupportSetError, segment
-from incontext.tiling import predict_tiled, tile_origins, tiled_size
+from incontext.tiling import choose_tiles, predict_tiled, tile_origins, tiled_size
 
 
 def test_tile_origins_cover_the_image_with_half_overlap():
@@ -76,3 +76,45 @@ def test_benchmark_method_names_and_describes_tiles():
     lab = (img > 0.5).astype(np.float32)
     out = m.predict(img[:2], lab[:2], img[2:], seed=0)
     assert out.shape == (1, 40, 40) and 0 <= out.min() and out.max() <= 1
+
+
+def _line_set(n: int = 4, size: int = 128, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        images[i, :, rng.integers(10, size - 10)] = 1.0
+    return images, (images > 0.5).astype(np.uint8)
+
+
+def test_auto_tiles_picks_tiling_for_thin_structures():
+    images, labels = _line_set()
+    thin = segment(EchoQuery(64), images[0], list(images[1:]), list(labels[1:]), tiles="auto")
+    assert thin.tiles == [2]
+    assert thin.probabilities.shape == (1, 128, 128)
+
+
+def test_choose_tiles_uses_only_supports_and_needs_two():
+    images, labels = _line_set(3)
+    seen = []
+
+    def run(g, q, si, sl):
+        seen.append((g, q.shape[0], si.shape[0]))
+        return q  # an echo: thin lines are kept at any tiling
+    g, scores = choose_tiles(run, torch.from_numpy(images), torch.from_numpy(labels).float(),
+                             (1, 2), max_checks=2)
+    assert g == 1 and set(scores) == {1, 2}  # equal scores: fewer tiles
+    assert all(n_q == 1 and n_s == 2 for _, n_q, n_s in seen) and len(seen) == 4
+    assert choose_tiles(run, torch.from_numpy(images[:1]), torch.from_numpy(labels[:1]).float()
+                        ) == (1, {})
+
+
+def test_benchmark_method_auto_tiles():
+    from incontext.benchmark.methods import ModelMethod
+
+    images, labels = _line_set(5)
+    m = ModelMethod(EchoQuery(64), name="m", tiles="auto")
+    assert m.name == "m-tiles-auto" and m.describe()["tiles"] == "auto"
+    out = m.predict(images[:4], labels[:4].astype(np.float32), images[4:], seed=0)
+    assert out.shape == (1, 128, 128) and m.chosen_tiles == [2]
+    with pytest.raises(ValueError, match="tiles"):
+        ModelMethod(EchoQuery(32), tiles=0)

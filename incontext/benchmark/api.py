@@ -72,7 +72,7 @@ def run_benchmark(
     seed: int = 0,
     tasks: Sequence[str] | None = None,
     methods: Sequence[Any] = (),
-    model_tiles: int = 1,
+    model_tiles: int | str = 1,
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -107,7 +107,7 @@ def run_benchmark(
 
     notes: list[str] = []
     all_methods: list[Any] = []
-    model_method, note = load_model_method(model, tiles=int(model_tiles))
+    model_method, note = load_model_method(model, tiles=model_tiles)
     if note:
         notes.append(note)
         if progress:

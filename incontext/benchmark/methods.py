@@ -26,7 +26,7 @@ from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
 from incontext.inference import predict_probabilities
-from incontext.tiling import predict_tiled
+from incontext.tiling import choose_tiles, predict_tiled
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -48,16 +48,17 @@ class ModelMethod:
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
-                 batch_size: int = 8, tiles: int = 1) -> None:
-        if tiles < 1:
-            raise ValueError(f"tiles must be >= 1, got {tiles}")
+                 batch_size: int = 8, tiles: int | str = 1) -> None:
+        if not (tiles == "auto" or (isinstance(tiles, int) and tiles >= 1)):
+            raise ValueError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
         self.model = model.eval()
-        self.name = name if tiles == 1 else f"{name}-tiles{tiles}"
+        self.name = name if tiles == 1 else f"{name}-tiles{'-auto' if tiles == 'auto' else tiles}"
         self.source = source
         self.batch_size = int(batch_size)
-        self.tiles = int(tiles)
+        self.tiles = tiles
         self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
         self.fingerprint = weights_fingerprint(model)
+        self.chosen_tiles: list[int] = []  # with tiles="auto": the choice of each prediction
 
     def _resize(self, x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == (size, size) or tuple(x.shape[-2:]) == size:
@@ -65,23 +66,32 @@ class ModelMethod:
         return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False,
                              antialias=True)[:, 0]
 
-    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
-                query_images: np.ndarray, *, seed: int) -> np.ndarray:
-        """(Q, H, W) foreground probabilities; deterministic (``seed`` unused)."""
-        r = self.resolution * self.tiles
-        si = self._resize(torch.from_numpy(np.ascontiguousarray(support_images, np.float32)), r)
-        sl = self._resize(torch.from_numpy(np.ascontiguousarray(support_labels, np.float32)), r)
-        qi = self._resize(torch.from_numpy(np.ascontiguousarray(query_images, np.float32)), r)
+    def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
+             support_labels: torch.Tensor) -> torch.Tensor:
+        """Probabilities at the input size, the model run whole (1) or on tiles (> 1)."""
+        r = self.resolution * tiles
+        qi, si = self._resize(queries, r), self._resize(support_images, r)
+        sl = self._resize(support_labels, r).clamp(0, 1)
 
         def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
             return predict_probabilities(self.model, q, s_img, s_lab,
                                          batch_size=self.batch_size)
 
-        if self.tiles == 1:
-            prob = run(qi, si, sl.clamp(0, 1))
-        else:
-            prob = predict_tiled(run, qi, si, sl.clamp(0, 1), self.resolution)
-        prob = self._resize(prob, tuple(query_images.shape[-2:]))
+        prob = run(qi, si, sl) if tiles == 1 else predict_tiled(run, qi, si, sl,
+                                                                 self.resolution)
+        return self._resize(prob, tuple(queries.shape[-2:]))
+
+    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
+                query_images: np.ndarray, *, seed: int) -> np.ndarray:
+        """(Q, H, W) foreground probabilities; deterministic for a given ``seed``."""
+        si = torch.from_numpy(np.ascontiguousarray(support_images, np.float32))
+        sl = torch.from_numpy(np.ascontiguousarray(support_labels, np.float32))
+        qi = torch.from_numpy(np.ascontiguousarray(query_images, np.float32))
+        tiles = self.tiles
+        if tiles == "auto":
+            tiles, _ = choose_tiles(self._run, si, sl, (1, 2), seed=seed)
+            self.chosen_tiles.append(tiles)
+        prob = self._run(int(tiles), qi, si, sl)
         return prob.clamp(0, 1).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -93,7 +103,7 @@ class ModelMethod:
             info["config"] = config.to_dict()
         if self.source:
             info["source"] = self.source
-        if self.tiles > 1:  # only then, so rows cached before tiling existed stay valid
+        if self.tiles != 1:  # only then, so rows cached before tiling existed stay valid
             info["tiles"] = self.tiles
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
@@ -134,7 +144,7 @@ def make_baselines(names: Sequence[str],
     return out
 
 
-def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int = 1
+def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1
                       ) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 

@@ -21,6 +21,20 @@ class CLIError(Exception):
     """An error to show the user as one clear line (no traceback)."""
 
 
+def tiles_value(text: str) -> int | str:
+    """``--tiles`` / ``--model-tiles``: a positive integer or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 or 'auto'"
+                                         ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="incontext",

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from incontext.cli import CLIError
+from incontext.cli import CLIError, tiles_value
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,9 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="in-context model: registry name or .safetensors path; 'none' for "
                         "baselines only (default: the default model, or baselines only with "
                         "a note when none is shipped)")
-    p.add_argument("--model-tiles", type=int, default=1, metavar="G",
+    p.add_argument("--model-tiles", type=tiles_value, default=1, metavar="G|auto",
                    help="run the model on G x G overlapping tiles of a G-times larger image "
-                        "(thin structures; (2G-1)^2 passes); default 1 = whole image")
+                        "(thin structures; (2G-1)^2 passes); auto = 1 or 2 per task, chosen "
+                        "on the support set; default 1 = whole image")
     p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -110,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--index {path}: no such file")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.model_tiles < 1:
-        raise CLIError(f"--model-tiles must be >= 1, got {args.model_tiles}")
     if args.queries_per_task is not None and args.queries_per_task < 1:
         raise CLIError(f"--queries-per-task must be >= 1, got {args.queries_per_task}")
     settings: dict[str, dict[str, object]] = {}

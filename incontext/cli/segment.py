@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from incontext.cli import tiles_value
 from incontext.cli.text_options import add_text_arguments
 from incontext.ct_windows import CT_WINDOWS
 
@@ -45,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--support-size", type=int, metavar="N",
                    help="supports per prediction (2D default: all, at most 64; 3D: 16 "
                         "slices per query slice)")
-    p.add_argument("--tiles", type=int, default=1, metavar="G",
+    p.add_argument("--tiles", type=tiles_value, default=1, metavar="G|auto",
                    help="2D: run the model on G x G overlapping tiles of a G-times larger "
-                        "image, for thin or small structures ((2G-1)^2 passes; default 1)")
+                        "image, for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
+                        "whichever segments the supports best (default 1)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold for foreground (default 0.5)")
     p.add_argument("--modality", choices=("ct", "mr", "other"), default="other",

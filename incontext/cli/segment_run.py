@@ -81,8 +81,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-supports must be >= 1, got {args.max_supports}")
     if not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must be in (0, 1), got {args.threshold}")
-    if args.tiles < 1:
-        raise CLIError(f"--tiles must be >= 1, got {args.tiles}")
 
 
 # ----------------------------------------------------------------------------- supports
@@ -433,7 +431,7 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                 progress, task):
     from incontext.volumes import segment_volume
 
-    if args.tiles > 1:
+    if args.tiles != 1:
         raise CLIError(f"{query.path}: --tiles works on 2D images only (not on volumes yet)")
     axis = args.axis if args.axis is not None else choose_axis(supports.labels,
                                                                supports.spacings)
