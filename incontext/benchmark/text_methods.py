@@ -122,7 +122,7 @@ def text_prompt_methods(model: str | os.PathLike | Any, modes: str | list[str] =
         from incontext.models import load_model
 
         source = os.fspath(model)
-        stem = Path(source).stem
+        stem = Path(source).stem if source.endswith(".safetensors") else source
         model = load_model(source)
     else:
         stem = "text-driven"

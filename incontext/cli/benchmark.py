@@ -120,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
     if args.text_model is not None:
         from incontext.benchmark.text_methods import text_prompt_methods
 
-        if not os.path.exists(args.text_model):
-            raise CLIError(f"--text-model {args.text_model}: no such file")
+        from incontext.models.registry import REGISTRY
+
+        if args.text_model not in REGISTRY and not os.path.exists(args.text_model):
+            raise CLIError(f"--text-model {args.text_model}: no such file or registered model")
         methods = text_prompt_methods(args.text_model, args.text_modes)
     console = Console()
     results = run_benchmark(
