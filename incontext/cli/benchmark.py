@@ -119,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
     methods = []
     if args.text_model is not None:
         from incontext.benchmark.text_methods import text_prompt_methods
-
         from incontext.models.registry import REGISTRY
 
         if args.text_model not in REGISTRY and not os.path.exists(args.text_model):
