@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,3 +356,47 @@ def test_train_command_on_an_index(tmp_path):
     assert (tmp_path / "emb.npz").exists()
     with pytest.raises(ValueError, match="no slices"):
         MultiLabelData.from_index(index, "test")
+
+
+def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
+    from incontext.cli import main
+    from incontext.data import build_index
+    from incontext.data.fixtures import write_png_pairs
+    from incontext.models import load
+    from incontext.text.train import is_text_config
+
+    root = write_png_pairs(tmp_path / "src", n=8, seed=0, n_labels=2, rgb=False)
+    build_index("png-pairs", root, tmp_path / "idx.h5", size=32, progress=False,
+                recipe_options={"dataset": "toy", "labels": {"1": "inner", "2": "outer"}})
+    config = tmp_path / "td.toml"
+    config.write_text(
+        '[model]\nwidths = [8, 16]\nnorm_groups = 4\nresolution = 32\ntext_dim = 24\n'
+        'embed_dim = 16\ntext_encoder = "hashing"\ntext_encoder_options = { dim = 24 }\n'
+        '[train]\nsteps = 6\nbatch_size = 4\neval_every = 3\n')
+    assert is_text_config(config)
+    assert not is_text_config(Path(__file__).resolve().parents[1] / "configs"
+                              / "incontext-universeg-s64.toml")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--index", str(tmp_path / "idx.h5"),
+                 "--out", str(out), "--no-progress"]) == 0
+    for name in ("model.safetensors", "model.json", "history.json", "summary.json",
+                 "config.json"):
+        assert (out / name).exists(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 3, 6]
+    best = max(h["val_mean_dice"] for h in history)
+    # continuing from the saved model starts where it ended: step 0 = its validation Dice
+    out2 = tmp_path / "run2"
+    from incontext.text.train import run_from_config
+
+    run_from_config(config, index=[str(tmp_path / "idx.h5")], out=out2, progress=False,
+                    init=str(out / "model.safetensors"))
+    again = json.loads((out2 / "history.json").read_text())
+    assert again[0]["val_mean_dice"] == pytest.approx(best, abs=1e-6)
+    assert load(out2 / "model.safetensors").weights_meta["provenance"]["init"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace("embed_dim = 16", "embed_dim = 8"))
+    with pytest.raises(ValueError, match="do not match"):
+        run_from_config(bad, index=[str(tmp_path / "idx.h5")], out=tmp_path / "r3",
+                        progress=False, init=str(out / "model.safetensors"))
+    assert main(["train", "--config", str(config), "--resume", str(out)]) == 2

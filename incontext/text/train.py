@@ -209,6 +209,7 @@ class TextTrainConfig:
     seed: int = 0
     threads: int = 1
     embedding_cache: str = ""
+    init: str = ""  # start from these TextDriven weights (.safetensors) instead of scratch
 
 
 def load_config(path: str | os.PathLike) -> tuple[TextDrivenConfig, TextTrainConfig]:
@@ -349,6 +350,13 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
 
     torch.manual_seed(cfg.seed)
     model = TextDriven(model_config)
+    if cfg.init:
+        from incontext.models.io import load
+
+        start = load(cfg.init)
+        if not isinstance(start, TextDriven) or start.config.to_dict() != model_config.to_dict():
+            raise ValueError(f"{cfg.init}: init weights do not match the [model] config")
+        model.load_state_dict(start.state_dict())
     cache = EmbeddingCache(cfg.embedding_cache) if cfg.embedding_cache else EmbeddingCache()
     text_train = embed_vocabulary(model_config, train_data.prompts, cache)
     text_val = (embed_vocabulary(model_config, val_data.prompts, cache)
@@ -442,15 +450,15 @@ def _save(model: TextDriven, state: dict | None, path: str | os.PathLike,
     save(model, Path(path), provenance={
         "trainer": "incontext.text.train", "steps": cfg.steps,
         "datasets": train_data.dataset_names, "prompts": train_data.prompts,
-        "best_val_mean_dice": best_dice})
+        "best_val_mean_dice": best_dice, "init": cfg.init or None})
 
 
 def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | None = None,
                     steps: int | None = None, out: str | os.PathLike | None = None,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, init: str | None = None) -> dict:
     """Train from a TOML config (``[model]`` + ``[train]``); returns the run summary.
 
-    ``index``/``steps``/``out`` override the config. Writes ``model.safetensors`` (+ JSON),
+    ``index``/``steps``/``out``/``init`` override the config. Writes ``model.safetensors`` (+ JSON),
     ``history.json`` and ``summary.json`` to the output directory.
     """
     import sys
@@ -462,6 +470,8 @@ def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | N
         cfg.steps = int(steps)
     if out:
         cfg.out = str(out)
+    if init:
+        cfg.init = str(init)
     if not cfg.index:
         raise ValueError(f"{config}: [train] index is empty; give --index")
     if progress is None:
@@ -511,10 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-progress", action="store_true",
                         help="plain log lines instead of a progress bar")
+    parser.add_argument("--init", default=None,
+                        help="start from these TextDriven weights (a new schedule), e.g. to "
+                             "continue a finished run")
     args = parser.parse_args(argv)
     try:
         run_from_config(args.config, index=args.index, steps=args.steps, out=args.out,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, init=args.init)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
