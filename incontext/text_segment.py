@@ -194,11 +194,10 @@ def segment_text(
     try:
         for start in range(0, len(queries), batch_size):
             x = q[start:start + batch_size, None].to(device)
-            b = x.shape[0]
             kwargs = {}
-            if s_img is not None:
-                kwargs = {"support_images": s_img[None].expand(b, -1, -1, -1, -1).to(device),
-                          "support_labels": s_lab[None].expand(b, -1, -1, -1, -1).to(device)}
+            if s_img is not None:  # one support set for the batch: encoded once
+                kwargs = {"support_images": s_img[None].to(device),
+                          "support_labels": s_lab[None].to(device)}
             logits = model(x, text.to(device), text_present=present.to(device), **kwargs)
             probs.append(torch.sigmoid(logits.float()).cpu())
     finally:

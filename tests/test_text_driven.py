@@ -400,3 +400,21 @@ def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
         run_from_config(bad, index=[str(tmp_path / "idx.h5")], out=tmp_path / "r3",
                         progress=False, init=str(out / "model.safetensors"))
     assert main(["train", "--config", str(config), "--resume", str(out)]) == 2
+
+
+def test_a_shared_support_set_is_encoded_once_and_gives_the_same_logits():
+    model = small_model()
+    img, masks = shapes(5, seed=3)
+    x = torch.from_numpy(img[:3, None])
+    s_img = torch.from_numpy(img[3:, None])[None]  # (1, S, 1, H, W)
+    s_lab = torch.from_numpy(masks[3:].astype(np.float32))[None]  # (1, S, K, H, W)
+    text = torch.randn(masks.shape[1], model.config.text_dim)
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    shared = model(x, text, s_img, s_lab)
+    hook.remove()
+    assert calls == [3, 2]  # queries once, the 2 supports once (not 3 x 2)
+    expanded = model(x, text, s_img.expand(3, -1, -1, -1, -1), s_lab.expand(3, -1, -1, -1, -1))
+    torch.testing.assert_close(shared, expanded, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1 or the batch"):
+        model(x, text, s_img.expand(2, -1, -1, -1, -1), s_lab.expand(2, -1, -1, -1, -1))

@@ -95,8 +95,7 @@ class TextPromptMethod:
         out = []
         for start in range(0, q.shape[0], self.batch_size):
             x = q[start:start + self.batch_size, None]
-            kw = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in kwargs.items()}
-            logits = self.model(x, text, num_classes=1, **kw)
+            logits = self.model(x, text, num_classes=1, **kwargs)  # supports shared (B = 1)
             out.append(torch.sigmoid(logits[:, 0].float()))
         prob = self._resize(torch.cat(out), tuple(query_images.shape[-2:]))
         return prob.clamp(0, 1).numpy().astype(np.float32)

@@ -298,14 +298,19 @@ class TextDriven(nn.Module):
     def support_embedding(self, support_images: torch.Tensor | None,
                           support_labels: torch.Tensor | None, batch: int, k: int
                           ) -> torch.Tensor:
-        """Support images (B, S, C, H, W), soft labels (B, S, K, H, W) -> (B, K, E)."""
+        """Support images (B, S, C, H, W), soft labels (B, S, K, H, W) -> (B, K, E).
+
+        A support set with B = 1 is shared by the whole batch: it is encoded once.
+        """
         absent = self.absent_support.expand(batch, k, -1)
         if support_images is None or support_labels is None:
             return absent
         b, s = support_images.shape[:2]
-        if support_labels.shape[:3] != (b, s, k):
+        if b not in (1, batch) or support_labels.shape[:3] != (b, s, k):
             raise ValueError("TextDriven: support_labels must be (B, S, K, H, W) with "
-                             f"B={b}, S={s}, K={k}; got {tuple(support_labels.shape)}")
+                             f"B={b} (1 or the batch, {batch}), S={s}, K={k}; got images "
+                             f"{tuple(support_images.shape)}, labels "
+                             f"{tuple(support_labels.shape)}")
         deep, dec = self.features(support_images.flatten(0, 1))
         labels = support_labels.float()
         fg_deep, mass = masked_average(deep.unflatten(0, (b, s)), labels)
@@ -314,7 +319,7 @@ class TextDriven(nn.Module):
         bg_dec, _ = masked_average(dec.unflatten(0, (b, s)), 1 - labels)
         emb = F.relu(self.support_proj(torch.cat([fg_deep, fg_dec, bg_deep, bg_dec], -1)))
         has = (mass > 1e-3)[..., None]  # a class with no labelled pixel has no support
-        return torch.where(has, emb, absent)
+        return torch.where(has, emb, absent[:b]).expand(batch, -1, -1)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -331,7 +336,7 @@ class TextDriven(nn.Module):
 
         text_embeddings: (K, D) shared by the batch, or (B, K, D); None = no text.
         support_images (B, S, C, H, W) / support_labels (B, S, K, H, W): optional examples
-        (hybrid models only). text_present (K,) or (B, K) bool marks classes whose text
+        (hybrid models only); B = 1 shares one support set with the whole batch. text_present (K,) or (B, K) bool marks classes whose text
         is given (others use the learned 'absent' embedding). K comes from the text, the
         support labels, or ``num_classes``.
         """

@@ -310,8 +310,7 @@ def evaluate(model: TextDriven, data: MultiLabelData, text: torch.Tensor, *,
             for start in range(0, rows.size, batch_size):
                 r = rows[start:start + batch_size]
                 x = torch.from_numpy(data.images[r][:, None])
-                kw = {key: v.expand(len(r), *v.shape[1:]) for key, v in kwargs.items()}
-                pred = (model(x, t, text_present=present, **kw) > 0).numpy()
+                pred = (model(x, t, text_present=present, **kwargs) > 0).numpy()
                 gt = data.masks[r][:, classes] > 0
                 inter[classes] += (pred & gt).sum(axis=(0, 2, 3))
                 total[classes] += pred.sum(axis=(0, 2, 3)) + gt.sum(axis=(0, 2, 3))
