@@ -399,7 +399,41 @@ def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
     with pytest.raises(ValueError, match="do not match"):
         run_from_config(bad, index=[str(tmp_path / "idx.h5")], out=tmp_path / "r3",
                         progress=False, init=str(out / "model.safetensors"))
-    assert main(["train", "--config", str(config), "--resume", str(out)]) == 2
+    # a finished run directory is not overwritten by a new run
+    assert main(["train", "--config", str(config), "--index", str(tmp_path / "idx.h5"),
+                 "--out", str(out), "--no-progress"]) == 2
+
+
+def test_text_training_resumes_exactly(tmp_path):
+    from incontext.cli import main
+    from incontext.data import build_index
+    from incontext.data.fixtures import write_png_pairs
+    from incontext.text.train import run_from_config
+
+    root = write_png_pairs(tmp_path / "src", n=8, seed=0, n_labels=2, rgb=False)
+    build_index("png-pairs", root, tmp_path / "idx.h5", size=32, progress=False,
+                recipe_options={"dataset": "toy", "labels": {"1": "inner", "2": "outer"}})
+    config = tmp_path / "td.toml"
+    config.write_text(
+        '[model]\nwidths = [8, 16]\nnorm_groups = 4\nresolution = 32\ntext_dim = 24\n'
+        'embed_dim = 16\ntext_encoder = "hashing"\ntext_encoder_options = { dim = 24 }\n'
+        '[train]\nsteps = 8\nbatch_size = 4\neval_every = 2\n')
+    index = [str(tmp_path / "idx.h5")]
+    run_from_config(config, index=index, out=tmp_path / "whole", progress=False)
+    run_from_config(config, index=index, out=tmp_path / "split", progress=False, stop_after=4)
+    assert (tmp_path / "split" / "last-state.pt").exists()
+    assert main(["train", "--resume", str(tmp_path / "split"), "--no-progress"]) == 0
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+    split = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert [h["step"] for h in split] == [h["step"] for h in whole] == [0, 2, 4, 6, 8]
+    for a, b in zip(whole, split, strict=True):
+        assert a["val_mean_dice"] == pytest.approx(b["val_mean_dice"], abs=1e-6)
+    wa = load(tmp_path / "whole" / "model.safetensors").state_dict()
+    wb = load(tmp_path / "split" / "model.safetensors").state_dict()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-6, rtol=0)
+    (tmp_path / "bad").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "bad"), "--no-progress"]) == 2
 
 
 def test_a_shared_support_set_is_encoded_once_and_gives_the_same_logits():

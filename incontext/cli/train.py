@@ -31,17 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from incontext.text.train import is_text_config
+    from incontext.text.train import is_text_config, is_text_run
 
+    progress = False if args.no_progress else None
+    if args.resume is not None and is_text_run(args.resume):
+        # a TextDriven run directory: continue the partial-label trainer from its state
+        from incontext.text.train import resume_run
+
+        resume_run(args.resume, progress=progress)
+        return 0
     if args.config is not None and is_text_config(args.config):
         # TextDriven configs ([model] + [train]) go to the partial-label trainer
         from incontext.text.train import run_from_config
 
-        if args.resume is not None:
-            raise ValueError(f"{args.config}: text-driven runs cannot be resumed yet; "
-                             "start a new run with --out")
         run_from_config(args.config, index=[str(i) for i in args.index] or None, out=args.out,
-                        progress=False if args.no_progress else None)
+                        progress=progress)
         return 0
     from incontext.training import train
 

@@ -337,13 +337,32 @@ def embed_vocabulary(model_config: TextDrivenConfig, prompts: Sequence[str],
     return torch.from_numpy(embed_prompts(encoder, list(prompts), cache))
 
 
+STATE_FILE = "last-state.pt"
+
+
+def _save_state(path: Path, step: int, model: TextDriven, opt, sched, batcher: Batcher,
+                rng: np.random.Generator, history: list[dict], best_dice: float) -> None:
+    """Everything needed to continue at ``step``, written atomically (tensors + plain data)."""
+    from incontext.atomic import atomic_write
+
+    state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "batcher_rng": json.dumps(batcher.rng.bit_generator.state),
+             "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+             "history": json.dumps(history), "best_dice": float(best_dice)}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
 def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: MultiLabelData,
           val_data: MultiLabelData | None = None, *, progress: bool = True,
-          save_path: str | os.PathLike | None = None) -> tuple[TextDriven, list[dict]]:
-    """Train a new TextDriven model; returns it (best validation state) and the history.
+          save_path: str | os.PathLike | None = None, resume: bool = False,
+          stop_after: int | None = None) -> tuple[TextDriven, list[dict]]:
+    """Train a TextDriven model; returns it (best validation state) and the history.
 
     Validation (text-only mean Dice over the classes) runs every ``eval_every`` steps
-    and at the end; with ``save_path`` the best model is saved there (safetensors).
+    and at the end; with ``save_path`` the best model is saved there (safetensors) and,
+    beside it, ``last-state.pt`` (model, optimiser, schedule, random states) at every
+    validation. ``resume=True`` continues from that state exactly where it stopped.
+    ``stop_after`` ends this call after that many steps in total (the run can resume).
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -370,7 +389,28 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
     rng = np.random.default_rng(cfg.seed + 1)
     history: list[dict] = []
     best = (-1.0, None)
-    t0 = time.perf_counter()
+    start_step = 1
+    state_path = Path(save_path).with_name(STATE_FILE) if save_path is not None else None
+    if resume:
+        from incontext.models.io import load
+
+        if state_path is None or not state_path.exists():
+            raise ValueError(f"{state_path}: no saved state to resume from")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: one clear error
+            raise ValueError(f"{state_path}: cannot read the saved state ({exc})") from None
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        batcher.rng.bit_generator.state = json.loads(state["batcher_rng"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history = json.loads(state["history"])
+        if Path(save_path).exists() and state["best_dice"] >= 0:
+            best = (state["best_dice"], load(save_path).state_dict())
+        start_step = int(state["step"]) + 1
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
 
     def validate(step: int, loss: float) -> None:
         nonlocal best
@@ -386,10 +426,11 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
                         {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(entry)
         if save_path is not None:
-            # a killed run still leaves its best model and the history so far
+            # a killed run still leaves its best model, the history and a state to resume
             _atomic_json(Path(save_path).with_name("history.json"), history)
             if improved and step > 0:
                 _save(model, best[1], save_path, cfg, train_data, best[0])
+            _save_state(state_path, step, model, opt, sched, batcher, rng, history, best[0])
         if not progress:
             mean = entry.get("val_mean_dice")
             print(f"step {step}/{cfg.steps} loss {loss:.4f}"
@@ -398,13 +439,16 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
 
     columns = [TextColumn("[bold]text-driven"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
-    running = None
+    running = history[-1]["loss"] if start_step > 1 and history else None
+    if running is not None and not math.isfinite(running):
+        running = None
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=cfg.steps, info="")
-        if val_data is not None:
+        task = bar.add_task("train", total=cfg.steps, info="", completed=start_step - 1)
+        if val_data is not None and start_step == 1:
             validate(0, float("nan"))  # the untrained baseline
         model.train()
-        for step in range(1, cfg.steps + 1):
+        last_step = cfg.steps if stop_after is None else min(cfg.steps, int(stop_after))
+        for step in range(start_step, last_step + 1):
             with_support = model_config.hybrid and rng.random() < cfg.p_support
             batch = batcher.sample(cfg.batch_size, with_support)
             text = text_train[batch["classes"]]
@@ -421,7 +465,7 @@ def train(model_config: TextDrivenConfig, cfg: TextTrainConfig, train_data: Mult
             sched.step()
             value = float(loss.detach())
             running = value if running is None else 0.95 * running + 0.05 * value
-            if step % max(1, cfg.eval_every) == 0 or step == cfg.steps:
+            if step % max(1, cfg.eval_every) == 0 or step in (cfg.steps, last_step):
                 validate(step, running)
                 last = history[-1].get("val_mean_dice")
                 info = f"loss {running:.3f}" + (f" val Dice {last:.3f}" if last is not None else "")
@@ -452,16 +496,39 @@ def _save(model: TextDriven, state: dict | None, path: str | os.PathLike,
         "best_val_mean_dice": best_dice, "init": cfg.init or None})
 
 
+def resume_run(run_dir: str | os.PathLike, *, progress: bool | None = None,
+               stop_after: int | None = None) -> dict:
+    """Continue the text-driven run in ``run_dir`` (its ``config.json``) from its saved state."""
+    run_dir = Path(run_dir)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        model_cfg = TextDrivenConfig.from_dict(saved["model"])
+        cfg = TextTrainConfig(**saved["train"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{run_dir}: not a text-driven run directory ({exc})") from None
+    cfg.out = str(run_dir)
+    return _run(model_cfg, cfg, progress, resume=True, stop_after=stop_after)
+
+
+def is_text_run(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a text-driven run (``config.json`` with model + train)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"model", "train"} <= set(saved)
+
+
 def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | None = None,
                     steps: int | None = None, out: str | os.PathLike | None = None,
-                    progress: bool | None = None, init: str | None = None) -> dict:
+                    progress: bool | None = None, init: str | None = None,
+                    stop_after: int | None = None) -> dict:
     """Train from a TOML config (``[model]`` + ``[train]``); returns the run summary.
 
-    ``index``/``steps``/``out``/``init`` override the config. Writes ``model.safetensors`` (+ JSON),
-    ``history.json`` and ``summary.json`` to the output directory.
+    ``index``/``steps``/``out``/``init`` override the config. Writes ``model.safetensors``
+    (+ JSON), ``history.json``, ``summary.json``, ``config.json`` and ``last-state.pt`` (for
+    :func:`resume_run`) to the output directory.
     """
-    import sys
-
     model_cfg, cfg = load_config(config)
     if index:
         cfg.index = [str(i) for i in index] if not isinstance(index, str) else index
@@ -473,6 +540,13 @@ def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | N
         cfg.init = str(init)
     if not cfg.index:
         raise ValueError(f"{config}: [train] index is empty; give --index")
+    return _run(model_cfg, cfg, progress, resume=False, stop_after=stop_after)
+
+
+def _run(model_cfg: TextDrivenConfig, cfg: TextTrainConfig, progress: bool | None, *,
+         resume: bool, stop_after: int | None) -> dict:
+    import sys
+
     if progress is None:
         progress = sys.stdout.isatty()
     torch.set_num_threads(max(1, cfg.threads))
@@ -484,11 +558,15 @@ def run_from_config(config: str | os.PathLike, *, index: Sequence[str] | str | N
         raise ValueError(f"{cfg.index}: slices are {train_data.images.shape[-1]} px, [model] "
                          f"resolution is {model_cfg.resolution}")
     out_dir = Path(cfg.out)
+    if not resume and (out_dir / STATE_FILE).exists():
+        raise ValueError(f"{out_dir}: holds a run already; resume it (incontext train "
+                         "--resume DIR) or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_json(out_dir / "config.json", {"model": model_cfg.to_dict(),
                                            "train": dataclasses.asdict(cfg)})
     model, history = train(model_cfg, cfg, train_data, val_data, progress=progress,
-                           save_path=out_dir / "model.safetensors")
+                           save_path=out_dir / "model.safetensors", resume=resume,
+                           stop_after=stop_after)
     _atomic_json(out_dir / "history.json", history)
     best = max((h.get("val_mean_dice", -1) for h in history), default=None)
     summary = {"best_val_mean_dice": best, "train_slices": len(train_data),
