@@ -143,3 +143,22 @@ def test_trains_on_a_task_index_mixed_with_synthetic(tmp_path):
     assert "synthetic-heldout" in val["per_dataset"] and len(val["per_dataset"]) == 2
     resumed = train(None, run_dir=tmp_path / "run", resume=True)  # reopens the index
     assert resumed.steps == 4
+
+
+def test_init_from_weights_at_another_resolution(tmp_path):
+    from incontext.models import UniverSeg, UniverSegConfig, save
+
+    torch.manual_seed(7)
+    start = save(UniverSeg(UniverSegConfig(encoder_widths=(8, 8), resolution=16)),
+                 tmp_path / "start.safetensors")
+    cfg = tiny_config(steps=1, model={"init": str(start)}, optim={"lr": 1e-12},
+                      run={"validate_at_start": False, "val_every": 100})
+    train(config_from_dict(cfg), run_dir=tmp_path / "run")
+    got, want = weights(tmp_path / "run"), load_file(str(start))
+    for key in want:  # lr ~0: the run's weights are the init weights (at 32 px now)
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+    wide = save(UniverSeg(UniverSegConfig(encoder_widths=(16, 16), resolution=32)),
+                tmp_path / "wide.safetensors")
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(config_from_dict(tiny_config(steps=1, model={"init": str(wide)})),
+              run_dir=tmp_path / "run2")

@@ -28,6 +28,7 @@ class ModelConfig:
     encoder_widths: tuple[int, ...] = (64, 64, 64, 64)
     decoder_widths: tuple[int, ...] | None = None
     resolution: int = 128
+    init: str = ""  # start from these weights (.safetensors, same widths; any resolution)
 
 
 @dataclass

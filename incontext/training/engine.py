@@ -302,6 +302,8 @@ class Trainer:
         self.rng = np.random.default_rng(seq)
 
         self.model = build_model(cfg).to(device)
+        if cfg.model.init and not resume:
+            _load_init_weights(self.model, cfg.model.init)
         o = cfg.optim
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=o.betas,
                                           weight_decay=o.weight_decay)
@@ -590,3 +592,20 @@ def train(config: TrainConfig | str | Path | None, indexes: Sequence[str | Path]
     trainer = Trainer(config, indexes, run_dir, resume, synthetic_generator=synthetic_generator,
                       index=index, stop_after=stop_after, progress=progress)
     return trainer.run()
+
+
+def _load_init_weights(model: nn.Module, path: str) -> None:
+    """Copy the weights of a saved UniverSeg (same widths, any resolution) into ``model``.
+
+    The network is fully convolutional, so weights trained at one resolution are a valid
+    start at another (e.g. fine-tuning a 64-px model at 128 px).
+    """
+    from incontext.models.io import load
+
+    source = load(path)
+    own, theirs = model.state_dict(), source.state_dict()
+    if type(source) is not type(model) or own.keys() != theirs.keys() or any(
+            own[k].shape != theirs[k].shape for k in own):
+        raise ConfigError(f"{path}: [model] init weights do not fit this model (need a "
+                          f"{type(model).__name__} with the same widths)")
+    model.load_state_dict(theirs)
