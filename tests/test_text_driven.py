@@ -358,12 +358,10 @@ def test_train_command_on_an_index(tmp_path):
         MultiLabelData.from_index(index, "test")
 
 
-def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
-    from incontext.cli import main
+def _toy_text_run(tmp_path: Path, steps: int, eval_every: int) -> tuple[Path, Path]:
+    """A 2-label toy index at 32 px and a tiny TextDriven config: (index, config)."""
     from incontext.data import build_index
     from incontext.data.fixtures import write_png_pairs
-    from incontext.models import load
-    from incontext.text.train import is_text_config
 
     root = write_png_pairs(tmp_path / "src", n=8, seed=0, n_labels=2, rgb=False)
     build_index("png-pairs", root, tmp_path / "idx.h5", size=32, progress=False,
@@ -372,7 +370,16 @@ def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
     config.write_text(
         '[model]\nwidths = [8, 16]\nnorm_groups = 4\nresolution = 32\ntext_dim = 24\n'
         'embed_dim = 16\ntext_encoder = "hashing"\ntext_encoder_options = { dim = 24 }\n'
-        '[train]\nsteps = 6\nbatch_size = 4\neval_every = 3\n')
+        f'[train]\nsteps = {steps}\nbatch_size = 4\neval_every = {eval_every}\n')
+    return tmp_path / "idx.h5", config
+
+
+def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
+    from incontext.cli import main
+    from incontext.models import load
+    from incontext.text.train import is_text_config
+
+    _, config = _toy_text_run(tmp_path, steps=6, eval_every=3)
     assert is_text_config(config)
     assert not is_text_config(Path(__file__).resolve().parents[1] / "configs"
                               / "incontext-universeg-s64.toml")
@@ -406,19 +413,10 @@ def test_incontext_train_runs_a_text_config_and_init_continues(tmp_path):
 
 def test_text_training_resumes_exactly(tmp_path):
     from incontext.cli import main
-    from incontext.data import build_index
-    from incontext.data.fixtures import write_png_pairs
     from incontext.text.train import run_from_config
 
-    root = write_png_pairs(tmp_path / "src", n=8, seed=0, n_labels=2, rgb=False)
-    build_index("png-pairs", root, tmp_path / "idx.h5", size=32, progress=False,
-                recipe_options={"dataset": "toy", "labels": {"1": "inner", "2": "outer"}})
-    config = tmp_path / "td.toml"
-    config.write_text(
-        '[model]\nwidths = [8, 16]\nnorm_groups = 4\nresolution = 32\ntext_dim = 24\n'
-        'embed_dim = 16\ntext_encoder = "hashing"\ntext_encoder_options = { dim = 24 }\n'
-        '[train]\nsteps = 8\nbatch_size = 4\neval_every = 2\n')
-    index = [str(tmp_path / "idx.h5")]
+    idx, config = _toy_text_run(tmp_path, steps=8, eval_every=2)
+    index = [str(idx)]
     run_from_config(config, index=index, out=tmp_path / "whole", progress=False)
     run_from_config(config, index=index, out=tmp_path / "split", progress=False, stop_after=4)
     assert (tmp_path / "split" / "last-state.pt").exists()
