@@ -68,11 +68,13 @@ def predict_tiled(predict, queries: torch.Tensor, support_images: torch.Tensor,
     return total / weight
 
 
-def resize_stack(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W) -> (N, size, size), bilinear with antialiasing (a no-op at the same size)."""
-    if tuple(x.shape[-2:]) == (size, size):
+def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) -> (N, h, w) (``size`` = h = w, or (h, w)), bilinear with antialiasing;
+    a no-op at the same size."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == hw:
         return x
-    return F.interpolate(x[:, None].float(), size=(size, size), mode="bilinear",
+    return F.interpolate(x[:, None].float(), size=hw, mode="bilinear",
                          align_corners=False, antialias=True)[:, 0]
 
 

@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
 from incontext.inference import predict_probabilities
-from incontext.tiling import choose_tiles, predict_tiled
+from incontext.tiling import choose_tiles, predict_tiled, resize_stack
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -60,18 +59,12 @@ class ModelMethod:
         self.fingerprint = weights_fingerprint(model)
         self.chosen_tiles: list[int] = []  # with tiles="auto": the choice of each prediction
 
-    def _resize(self, x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == (size, size) or tuple(x.shape[-2:]) == size:
-            return x
-        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False,
-                             antialias=True)[:, 0]
-
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:
         """Probabilities at the input size, the model run whole (1) or on tiles (> 1)."""
         r = self.resolution * tiles
-        qi, si = self._resize(queries, r), self._resize(support_images, r)
-        sl = self._resize(support_labels, r).clamp(0, 1)
+        qi, si = resize_stack(queries, r), resize_stack(support_images, r)
+        sl = resize_stack(support_labels, r).clamp(0, 1)
 
         def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
             return predict_probabilities(self.model, q, s_img, s_lab,
@@ -79,7 +72,7 @@ class ModelMethod:
 
         prob = run(qi, si, sl) if tiles == 1 else predict_tiled(run, qi, si, sl,
                                                                  self.resolution)
-        return self._resize(prob, tuple(queries.shape[-2:]))
+        return resize_stack(prob, tuple(queries.shape[-2:]))
 
     def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
                 query_images: np.ndarray, *, seed: int) -> np.ndarray:

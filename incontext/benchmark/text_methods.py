@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from incontext.benchmark.methods import weights_fingerprint
 from incontext.benchmark.protocol import TaskData
+from incontext.tiling import resize_stack
 
 TEXT_MODES = ("text", "examples", "both")
 
@@ -52,28 +52,20 @@ class TextPromptMethod:
         self.fingerprint = weights_fingerprint(model)
         self.prompt: str | None = None
         self._text: torch.Tensor | None = None
-        self._embeddings: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, str]] = {}
 
     def set_task(self, task: TaskData) -> None:
         """Build the prompt of ``task`` (its label and modality name)."""
-        from incontext.text.base import format_prompt
-        from incontext.text_segment import model_text_encoder
+        from incontext.text_segment import text_embeddings_for
 
         if not task.label:
             raise ValueError(f"task {task.name!r}: no label name to prompt with")
-        self.prompt = format_prompt(task.label, task.modality_name or "medical",
-                                    self.model.config.prompt_template)
-        if self.prompt not in self._embeddings:
-            encoder = model_text_encoder(self.model)
-            self._embeddings[self.prompt] = torch.from_numpy(
-                np.asarray(encoder.encode([self.prompt]), dtype=np.float32))
-        self._text = self._embeddings[self.prompt]
-
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == size:
-            return x
-        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False,
-                             antialias=True)[:, 0]
+        key = (task.label, task.modality_name)
+        if key not in self._embeddings:
+            text, _, prompts = text_embeddings_for(
+                self.model, [task.label], modality_name=task.modality_name or "medical")
+            self._embeddings[key] = (text, prompts[0])
+        self._text, self.prompt = self._embeddings[key]
 
     @torch.no_grad()
     def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
@@ -82,12 +74,12 @@ class TextPromptMethod:
         if self._text is None:
             raise RuntimeError(f"{self.name}: set_task must be called before predict")
         r = (self.resolution, self.resolution)
-        q = self._resize(torch.from_numpy(np.ascontiguousarray(query_images, np.float32)), r)
+        q = resize_stack(torch.from_numpy(np.ascontiguousarray(query_images, np.float32)), r)
         kwargs: dict[str, torch.Tensor] = {}
         if self.mode != "text":
-            si = self._resize(torch.from_numpy(np.ascontiguousarray(support_images,
+            si = resize_stack(torch.from_numpy(np.ascontiguousarray(support_images,
                                                                     np.float32)), r)
-            sl = self._resize(torch.from_numpy(np.ascontiguousarray(support_labels,
+            sl = resize_stack(torch.from_numpy(np.ascontiguousarray(support_labels,
                                                                     np.float32)), r)
             kwargs = {"support_images": si[None, :, None],
                       "support_labels": sl.clamp(0, 1)[None, :, None]}
@@ -97,7 +89,7 @@ class TextPromptMethod:
             x = q[start:start + self.batch_size, None]
             logits = self.model(x, text, num_classes=1, **kwargs)  # supports shared (B = 1)
             out.append(torch.sigmoid(logits[:, 0].float()))
-        prob = self._resize(torch.cat(out), tuple(query_images.shape[-2:]))
+        prob = resize_stack(torch.cat(out), tuple(query_images.shape[-2:]))
         return prob.clamp(0, 1).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
