@@ -1,3 +1,4 @@
 from incontext.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # spawned worker processes import this module as __mp_main__
+    raise SystemExit(main())

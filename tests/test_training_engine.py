@@ -162,3 +162,31 @@ def test_init_from_weights_at_another_resolution(tmp_path):
     with pytest.raises(ConfigError, match="do not fit"):
         train(config_from_dict(tiny_config(steps=1, model={"init": str(wide)})),
               run_dir=tmp_path / "run2")
+
+
+def test_time_limit_stops_and_saves_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    summary = train(config_from_dict(tiny_config(steps=100_000)), run_dir=run, time_limit_s=1.0)
+    assert time.perf_counter() - t0 < 60
+    assert summary.interrupted and 0 < summary.steps < 100_000
+    assert load_checkpoint(run, "last")[1]["step"] == summary.steps
+    with pytest.raises(ConfigError, match="time limit"):
+        train(config_from_dict(tiny_config()), run_dir=tmp_path / "other", time_limit_s=0)
+
+
+def test_worker_processes_feed_training_and_resume_with_fresh_streams(tmp_path):
+    cfg = tiny_config(steps=6, data={"workers": 2})
+    run = tmp_path / "run"
+    half = train(config_from_dict(cfg), run_dir=run, stop_after=3)
+    assert half.interrupted and half.steps == 3
+    resumed = train(None, run_dir=run, resume=True)
+    assert resumed.steps == 6 and not resumed.interrupted
+    assert load_config(run / "config.toml").data.workers == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [2, 4, 6]
+    assert all(2 <= r["support_size"] <= 4 for r in train_records)
+    assert all(torch.isfinite(t).all() for t in weights(run).values())
+    with pytest.raises(ConfigError, match="data.workers"):
+        config_from_dict(tiny_config(data={"workers": -1}))

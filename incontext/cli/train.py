@@ -25,15 +25,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run directory (default runs/<name>-<timestamp>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                        help="stop after training this long in this session, saving the "
+                             "last checkpoint (continue later with --resume)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or summary table")
     parser.set_defaults(func=run)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 minutes, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from incontext.text.train import is_text_config, is_text_run
 
     progress = False if args.no_progress else None
+    text_run = (args.resume is not None and is_text_run(args.resume)) or \
+        (args.config is not None and is_text_config(args.config))
+    if text_run and args.time_limit is not None:
+        raise ValueError("--time-limit is for UniverSeg runs; a TextDriven run stops at "
+                         "its [train] steps")
     if args.resume is not None and is_text_run(args.resume):
         # a TextDriven run directory: continue the partial-label trainer from its state
         from incontext.text.train import resume_run
@@ -55,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--config CONFIG.toml is required (or --resume RUN_DIR)")
     summary = train(args.config, indexes=args.index, run_dir=args.resume or args.out,
                     resume=args.resume is not None,
-                    progress=False if args.no_progress else None)
+                    progress=False if args.no_progress else None,
+                    time_limit_s=None if args.time_limit is None else args.time_limit * 60)
     return 130 if summary.interrupted else 0
 
 

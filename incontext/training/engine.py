@@ -50,6 +50,7 @@ from incontext.training.config import (
     config_to_toml,
     load_config,
 )
+from incontext.training.loader import EpisodeBatches, batch_iterator, stack_episodes
 from incontext.training.losses import hard_dice, segmentation_loss
 from incontext.training.schedule import WarmupCosine
 from incontext.training.sources import (
@@ -127,15 +128,8 @@ def build_sources(config: TrainConfig, index: Any = None,
 def collate(episodes: Sequence[Episode], device: torch.device,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Episodes with equal support size -> (query (B,1,H,W), support images/labels
-    (B,S,1,H,W), query labels (B,1,H,W)); the first query of each episode."""
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-
-    q = t(np.stack([e.query_images[0] for e in episodes]))[:, None]
-    ql = t(np.stack([e.query_labels[0] for e in episodes]))[:, None]
-    si = t(np.stack([e.support_images for e in episodes]))[:, :, None]
-    sl = t(np.stack([e.support_labels for e in episodes]))[:, :, None]
-    return q, si, sl, ql
+    (B,S,1,H,W), query labels (B,1,H,W)) on ``device``; the first query of each episode."""
+    return tuple(x.to(device) for x in stack_episodes(episodes))  # type: ignore[return-value]
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -243,11 +237,14 @@ class Trainer:
                  indexes: Sequence[str | Path] = (), run_dir: str | Path | None = None,
                  resume: bool = False, *, synthetic_generator: SyntheticGenerator | None = None,
                  index: Any = None, stop_after: int | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, time_limit_s: float | None = None) -> None:
         self.dist = dist_utils.setup(_peek_device(config, run_dir, resume))
         try:
             self._init(config, indexes, run_dir, resume, synthetic_generator, index,
                        stop_after, progress)
+            if time_limit_s is not None and time_limit_s <= 0:
+                raise ConfigError(f"the time limit must be > 0 seconds, got {time_limit_s}")
+            self.time_limit_s = time_limit_s
         except BaseException:
             dist_utils.cleanup(self.dist)
             raise
@@ -315,6 +312,7 @@ class Trainer:
             index = TaskIndex.open([Path(p) for p in cfg.data.indexes])
         self.source, self.val_episodes = build_sources(cfg, index, synthetic_generator)
         self.augmenter = EpisodeAugmenter(cfg.augment)
+        self._batches: Any = None  # worker-fed batch iterator (data.workers > 0), made lazily
 
         self.step = 0
         self.elapsed_before = 0.0
@@ -397,18 +395,32 @@ class Trainer:
 
     # -- loop
 
-    def _support_size(self) -> int:
+    def _support_size(self, rng: np.random.Generator) -> int:
         s = self.config.data.support_size
         if isinstance(s, int):
             return s
-        return int(self.rng.integers(s[0], s[1] + 1))
+        return int(rng.integers(s[0], s[1] + 1))
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg, device = self.config, self.dist.device
+        if cfg.data.workers == 0:  # in-process, from the run's own (checkpointed) generator
+            support_size = self._support_size(self.rng)
+            episodes = [self.augmenter(self.source.sample(self.rng, support_size, 1), self.rng)
+                        for _ in range(cfg.data.batch_size)]
+            return collate(episodes, device)
+        if self._batches is None:
+            dataset = EpisodeBatches(self.source, self.augmenter, cfg.data.batch_size,
+                                     cfg.data.support_size,
+                                     (cfg.seed, self.dist.rank, self.step))
+            self._batches = batch_iterator(dataset, cfg.data.workers,
+                                           pin_memory=device.type == "cuda")
+        return tuple(x.to(device, non_blocking=True)  # type: ignore[return-value]
+                     for x in next(self._batches))
 
     def _train_step(self) -> tuple[float, float, int]:
         cfg = self.config
-        support_size = self._support_size()
-        episodes = [self.augmenter(self.source.sample(self.rng, support_size, 1), self.rng)
-                    for _ in range(cfg.data.batch_size)]
-        q, si, sl, ql = collate(episodes, self.dist.device)
+        q, si, sl, ql = self._next_batch()
+        support_size = si.shape[1]
         with _autocast(self.dist.device, self.amp):
             logits = self.forward_model(q, si, sl)
         loss = segmentation_loss(logits.float(), ql, cfg.optim.dice_weight, cfg.optim.bce_weight)
@@ -423,15 +435,19 @@ class Trainer:
 
     def _stop_requested(self, flag: _StopFlag) -> bool:
         stop = flag.requested or (self.stop_after is not None and self.step >= self.stop_after)
+        if self.time_limit_s is not None:
+            stop = stop or time.perf_counter() - self._session_start >= self.time_limit_s
         if self.dist.distributed:
             stop = any(dist_utils.gather_objects(self.dist, stop))
         return stop
 
     def run(self) -> RunSummary:
         """Train to ``config.steps`` (or until interrupted); returns the summary."""
+        self._session_start = time.perf_counter()
         try:
             return self._run()
         finally:
+            self._batches = None  # stops the worker processes
             dist_utils.cleanup(self.dist)
 
     def _run(self) -> RunSummary:
@@ -579,7 +595,8 @@ def print_summary(summary: RunSummary) -> None:
 def train(config: TrainConfig | str | Path | None, indexes: Sequence[str | Path] = (),
           run_dir: str | Path | None = None, resume: bool = False, *,
           synthetic_generator: SyntheticGenerator | None = None, index: Any = None,
-          stop_after: int | None = None, progress: bool | None = None) -> RunSummary:
+          stop_after: int | None = None, progress: bool | None = None,
+          time_limit_s: float | None = None) -> RunSummary:
     """Train (or resume) a run; see :class:`Trainer` for the arguments.
 
     ``config``: a :class:`TrainConfig` or a TOML path (``None`` when resuming).
@@ -588,9 +605,12 @@ def train(config: TrainConfig | str | Path | None, indexes: Sequence[str | Path]
     ``synthetic_generator``: replaces ``generate_synthetic_task`` (tests, custom tasks).
     ``index``: an already opened task index (instead of files).
     ``stop_after``: stop, as if interrupted, once this many steps are done.
+    ``time_limit_s``: stop, as if interrupted (last checkpoint saved), once this session
+    has trained for this many seconds (a cluster job's wall-clock limit, say).
     """
     trainer = Trainer(config, indexes, run_dir, resume, synthetic_generator=synthetic_generator,
-                      index=index, stop_after=stop_after, progress=progress)
+                      index=index, stop_after=stop_after, progress=progress,
+                      time_limit_s=time_limit_s)
     return trainer.run()
 
 
