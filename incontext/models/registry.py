@@ -30,7 +30,7 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-DEFAULT_MODEL: str | None = "incontext-universeg-s64"  # see MODEL_CARD.md
+DEFAULT_MODEL: str | None = "incontext-universeg-s128"  # see MODEL_CARD.md
 DEFAULT_TEXT_MODEL: str | None = "text-driven-minilm"  # for --text; see docs/text-driven.md
 
 
@@ -52,17 +52,18 @@ register(ModelSpec(
     name="incontext-universeg-s64",
     config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=64),
     weights="incontext-universeg-s64.safetensors",
-    description="Default model: UniverSeg, 4 blocks x 32 features, 64x64, meta-trained on "
-                "the training pool + synthetic tasks on 2 CPU cores (MODEL_CARD.md)",
+    description="UniverSeg, 4 blocks x 32 features, 64x64, meta-trained on the training "
+                "pool + synthetic tasks on 2 CPU cores; 4x cheaper than the default "
+                "(MODEL_CARD.md)",
 ))
 
 
 register(ModelSpec(
-    name="incontext-universeg-s128-ft",
+    name="incontext-universeg-s128",
     config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
-    weights="incontext-universeg-s128-ft.safetensors",
-    description="The default model fine-tuned at 128x128 for 1,000 steps (an unfinished run): "
-                "better on thin and small structures, 4x slower (MODEL_CARD.md)",
+    weights="incontext-universeg-s128.safetensors",
+    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; the 64-px model "
+                "fine-tuned at 128 px with batch 16 on a GPU (MODEL_CARD.md)",
 ))
 
 

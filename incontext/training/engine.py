@@ -50,7 +50,12 @@ from incontext.training.config import (
     config_to_toml,
     load_config,
 )
-from incontext.training.loader import EpisodeBatches, batch_iterator, stack_episodes
+from incontext.training.loader import (
+    EpisodeBatches,
+    batch_iterator,
+    close_batches,
+    stack_episodes,
+)
 from incontext.training.losses import hard_dice, segmentation_loss
 from incontext.training.schedule import WarmupCosine
 from incontext.training.sources import (
@@ -447,7 +452,8 @@ class Trainer:
         try:
             return self._run()
         finally:
-            self._batches = None  # stops the worker processes
+            close_batches(self._batches)
+            self._batches = None
             dist_utils.cleanup(self.dist)
 
     def _run(self) -> RunSummary:

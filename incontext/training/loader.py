@@ -11,6 +11,8 @@ unlike ``workers = 0`` it does not reproduce the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 from collections.abc import Iterator, Sequence
 
@@ -62,6 +64,11 @@ def _init_worker(worker_id: int) -> None:
     # Ctrl-C (or a scheduler's SIGINT) is handled by the training loop, which stops
     # after the current step and saves; workers must not die first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker holds nothing to flush. Leave without interpreter teardown: on a GPU
+    # machine (torch 2.11, Python 3.12) a library's thread destructor aborted there
+    # ("terminate called without an active exception"), which the training process
+    # then reported as a crashed worker at the end of a finished run.
+    atexit.register(os._exit, 0)
     torch.set_num_threads(1)
     try:
         import cv2
@@ -69,6 +76,16 @@ def _init_worker(worker_id: int) -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - cv2 comes with albumentations
         pass
+
+
+def close_batches(batches: Iterator | None) -> None:
+    """Stop the worker processes behind a :func:`batch_iterator` (no-op for None)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except RuntimeError:  # a worker that died while stopping; nothing is lost
+            pass
 
 
 def batch_iterator(dataset: EpisodeBatches, workers: int, pin_memory: bool,
