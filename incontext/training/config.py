@@ -37,7 +37,10 @@ class DataConfig:
 
     ``support_size`` is an int or ``[min, max]`` (drawn uniformly per step).
     ``synthetic_ratio`` is the fraction of episodes drawn from on-the-fly
-    synthetic tasks (1.0 when no index is given). ``workers`` > 0 samples and
+    synthetic tasks (1.0 when no index is given); ``synthetic_thin_ratio`` of those come
+    from thin-structure tasks (curvilinear networks, small round objects;
+    ``data_recipes.synthetic_thin``; training only, validation keeps the blob tasks so
+    that runs stay comparable). ``workers`` > 0 samples and
     augments batches in that many background processes (faster on an accelerator;
     resumes do not replay the uninterrupted run bit for bit, see training.loader).
     """
@@ -46,6 +49,7 @@ class DataConfig:
     batch_size: int = 4
     support_size: int | tuple[int, int] = (4, 16)
     synthetic_ratio: float = 0.0
+    synthetic_thin_ratio: float = 0.0  # share of synthetic episodes from thin-structure tasks
     dataset_weights: dict[str, float] = field(default_factory=dict)
     skip_empty: bool = True
     train_split: str = "train"
@@ -303,6 +307,7 @@ def _check_values(cfg: TrainConfig) -> None:
     positive(sizes[0], "data.support_size")
     ordered(sizes, "data.support_size")
     prob(d.synthetic_ratio, "data.synthetic_ratio")
+    prob(d.synthetic_thin_ratio, "data.synthetic_thin_ratio")
     for k, v in d.dataset_weights.items():
         positive(v, f"data.dataset_weights.{k}", allow_zero=True)
     for key in ("synthetic_tasks", "synthetic_subjects", "synthetic_cache", "val_support_size",

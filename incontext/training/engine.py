@@ -68,6 +68,7 @@ from incontext.training.sources import (
 )
 
 CONFIG_FILE = "config.toml"
+THIN_SEED_OFFSET = 5_000_000  # thin-structure task seeds sit apart from the blob tasks' seeds
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -120,8 +121,18 @@ def build_sources(config: TrainConfig, index: Any = None,
     if ratio > 0:
         train_seeds, val_seeds = synthetic_seeds(d.synthetic_seed, d.synthetic_tasks,
                                                  d.synthetic_val_tasks)
-        parts.append((SyntheticSource(train_seeds, d.synthetic_subjects, res,
-                                      synthetic_generator, d.synthetic_cache), ratio))
+        thin = d.synthetic_thin_ratio
+        if thin < 1:
+            parts.append((SyntheticSource(train_seeds, d.synthetic_subjects, res,
+                                          synthetic_generator, d.synthetic_cache),
+                          ratio * (1.0 - thin)))
+        if thin > 0:
+            from data_recipes.synthetic_thin import generate_thin_task
+
+            thin_seeds = [s + THIN_SEED_OFFSET for s in train_seeds]
+            parts.append((SyntheticSource(thin_seeds, d.synthetic_subjects, res,
+                                          generate_thin_task, d.synthetic_cache,
+                                          name="synthetic-thin"), ratio * thin))
         if val_seeds:
             held = SyntheticSource(val_seeds, d.synthetic_subjects, res, synthetic_generator,
                                    cache_size=len(val_seeds), name="synthetic-heldout")
