@@ -26,7 +26,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
-from incontext.tiling import choose_tiles, predict_tiled, resize_stack, tiled_size
+from incontext.tiling import TiledRunner, choose_tiles, resize_stack, tiled_size
 
 ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_SUPPORT_SIZE = 64
@@ -236,18 +236,8 @@ def segment(
     k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
 
-    def run(g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor) -> torch.Tensor:
-        if g == 1:
-            return predict_probabilities(model, q, si, sl, batch_size=batch_size)
-        return predict_tiled(lambda a, b, c: predict_probabilities(model, a, b, c,
-                                                                   batch_size=batch_size),
-                             q, si, sl, resolution)
-
-    def run_resized(g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
-                    ) -> torch.Tensor:
-        w = sizes[g]
-        prob = run(g, resize_stack(q, w), resize_stack(si, w), resize_stack(sl, w))
-        return resize_stack(prob, q.shape[-1])
+    run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c,
+                                                            batch_size=batch_size), resolution)
 
     n_lab = len(wanted)
     n_q = len(queries)
@@ -267,7 +257,7 @@ def segment(
             if len(options) > 1:  # "auto": the tiling that best segments the supports
                 first = torch.from_numpy(subsets[0])
                 big = max(options)
-                g_lab, _ = choose_tiles(run_resized, s_by[big][first], soft[big][first],
+                g_lab, _ = choose_tiles(run.resized, s_by[big][first], soft[big][first],
                                         options, seed=seed)
             chosen.append(g_lab)
             for m, subset in enumerate(subsets):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["choose_tiles", "predict_tiled", "resize_stack", "tile_origins", "tiled_size"]
+__all__ = ["TiledRunner", "choose_tiles", "predict_tiled", "resize_stack", "tile_origins",
+           "tiled_size"]
 
 
 def tiled_size(resolution: int, tiles: int) -> int:
@@ -66,6 +67,33 @@ def predict_tiled(predict, queries: torch.Tensor, support_images: torch.Tensor,
             total[cut] += prob.float().cpu() * win
             weight[y:y + tile, x:x + tile] += win
     return total / weight
+
+
+class TiledRunner:
+    """Probabilities with ``g`` tiles per side, for a ``predict`` at model ``resolution``.
+
+    predict(queries (Q, r, r), support_images (S, r, r), support_labels (S, r, r)) ->
+    (Q, r, r). ``runner(g, q, si, sl)`` takes stacks at the working size
+    ``tiled_size(resolution, g)``; ``runner.resized(g, q, si, sl)`` takes them at any
+    size, works at that working size and answers at the input size (what
+    :func:`choose_tiles` needs to compare tilings).
+    """
+
+    def __init__(self, predict, resolution: int) -> None:
+        self.predict = predict
+        self.resolution = resolution
+
+    def __call__(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
+                 ) -> torch.Tensor:
+        if g == 1:
+            return self.predict(q, si, sl)
+        return predict_tiled(self.predict, q, si, sl, self.resolution)
+
+    def resized(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
+                ) -> torch.Tensor:
+        w = tiled_size(self.resolution, g)
+        prob = self(g, resize_stack(q, w), resize_stack(si, w), resize_stack(sl, w))
+        return resize_stack(prob, tuple(q.shape[-2:]))
 
 
 def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

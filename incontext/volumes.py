@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from incontext.preprocessing import (
     resize_mask_soft,
     resize_probabilities,
 )
+from incontext.tiling import TiledRunner, choose_tiles, tiled_size
 
 ANISOTROPY_RATIO = 1.1
 # Support slices per query slice. Every query slice costs one model pass per support
@@ -70,6 +71,7 @@ class VolumeSegmentation:
     uncertainty:   (L, X, Y, Z) std of the probability over ensemble members and planes
     labels:        the L label values
     axes:          the slicing axes used (one, or all three for tri-planar)
+    tiles:         per label, the tiling used along each of ``axes`` (1 = whole slices)
     """
 
     mask: np.ndarray
@@ -77,6 +79,7 @@ class VolumeSegmentation:
     uncertainty: np.ndarray
     labels: list[int]
     axes: tuple[int, ...]
+    tiles: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def normalize_volume(volume: np.ndarray, modality: str = "other",
@@ -157,8 +160,10 @@ class _SliceCache:
 def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.ndarray]],
                   value: int, axis: int, *, size: int, support_size: int, ensemble: int,
                   seed: int, batch_size: int, image_caches: dict,
-                  progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, var) probability volumes (X, Y, Z) for one label along one axis."""
+                  progress: Callable[[int], None] | None, tiles: int | str = 1,
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, var) probability volumes (X, Y, Z) for one label along one axis, and the
+    tiling used (``tiles="auto"``: chosen on the first group's support slices)."""
     n_q = query.shape[axis]
     usable = []
     for v, (_img, lab) in enumerate(supports):
@@ -167,10 +172,11 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
             usable.append((v, extent))
     mean = np.zeros(query.shape, dtype=np.float32)
     var = np.zeros(query.shape, dtype=np.float32)
+    options = (1, 2) if tiles == "auto" else (int(tiles),)
     if not usable:
         if progress:
             progress(n_q)
-        return mean, var
+        return mean, var, options[0]
     n_pool_max = sum(hi - lo + 1 for _, (lo, hi) in usable)
     k = min(support_size, n_pool_max)
     share = math.ceil(k / len(usable)) * (2 if ensemble > 1 else 1)
@@ -181,21 +187,34 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
                      for j in nearest_support_slices(n_q, i, supports[v][0].shape[axis], ext,
                                                      share))
         groups.setdefault(pool, []).append(i)
-    q_cache = image_caches.setdefault(("query", axis), _SliceCache(query, axis, size))
     slice_shape = tuple(s for a, s in enumerate(query.shape) if a != axis)
     mean_view = np.moveaxis(mean, axis, 0)
     var_view = np.moveaxis(var, axis, 0)
-    for g, (pool, members) in enumerate(groups.items()):
-        s_img = torch.stack([image_caches.setdefault((v, axis), _SliceCache(
-            supports[v][0], axis, size))(j) for v, j in pool])
-        s_lab = torch.stack([resize_mask_soft(pad_to_square(
-            (np.take(supports[v][1], j, axis=axis) == value).astype(np.float32)), size)
+    runner = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size),
+                         size)
+
+    def supports_at(pool: tuple, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([image_caches.setdefault((v, axis, width), _SliceCache(
+            supports[v][0], axis, width))(j) for v, j in pool])
+        labels = torch.stack([resize_mask_soft(pad_to_square(
+            (np.take(supports[v][1], j, axis=axis) == value).astype(np.float32)), width)
             for v, j in pool])
+        return images, labels
+
+    g = options[0]
+    if len(options) > 1:  # "auto": the tiling that best segments the support slices
+        g, _ = choose_tiles(runner.resized, *supports_at(next(iter(groups)),
+                                                         tiled_size(size, max(options))),
+                            options, seed=seed)
+    width = tiled_size(size, g)
+    q_cache = image_caches.setdefault(("query", axis, width), _SliceCache(query, axis, width))
+    for n, (pool, members) in enumerate(groups.items()):
+        s_img, s_lab = supports_at(pool, width)
         q = torch.stack([q_cache(i) for i in members])
-        subsets = draw_support_subsets(len(pool), min(k, len(pool)), ensemble, seed + g)
-        probs = torch.stack([predict_probabilities(model, q, s_img[torch.from_numpy(sub)],
-                                                   s_lab[torch.from_numpy(sub)], batch_size)
-                             for sub in subsets])  # (E, Q, s, s)
+        subsets = draw_support_subsets(len(pool), min(k, len(pool)), ensemble, seed + n)
+        probs = torch.stack([runner(g, q, s_img[torch.from_numpy(sub)],
+                                    s_lab[torch.from_numpy(sub)])
+                             for sub in subsets])  # (E, Q, w, w)
         m = probs.mean(0)
         vr = (probs - m).square().mean(0)
         m_full = resize_probabilities(m, slice_shape).numpy()
@@ -205,7 +224,7 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
             var_view[i] = v_full[row]
         if progress:
             progress(len(members))
-    return mean, var
+    return mean, var, g
 
 
 def segment_volume(
@@ -226,6 +245,7 @@ def segment_volume(
     window: str | Sequence[float] | None = None,
     spacings: Sequence[Sequence[float] | None] | None = None,
     progress: Callable[[int], None] | None = None,
+    tiles: int | str = 1,
 ) -> VolumeSegmentation:
     """Segment a 3D ``query`` from labeled support volumes, slice by slice.
 
@@ -235,8 +255,11 @@ def segment_volume(
     support_size: support slices per query slice (default 16), shared equally among
     the support volumes holding the label. spacings: support voxel sizes (for the
     default axis). progress(n) is called as query slices finish
-    (total = :func:`slice_steps`).
+    (total = :func:`slice_steps`). tiles: 1, g > 1 or "auto", as in
+    :func:`incontext.segment`, per slice (``VolumeSegmentation.tiles`` says what was used).
     """
+    if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
+        raise VolumeError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
     if planes not in (1, 3):
         raise VolumeError(f"planes must be 1 or 3, got {planes}")
     if ensemble < 1:
@@ -286,6 +309,7 @@ def segment_volume(
     prob = np.zeros((n_lab, *query.shape), dtype=np.float32)
     uncertainty = np.zeros((n_lab, *query.shape), dtype=np.float32)
     caches: dict = {}
+    chosen: list[tuple[int, ...]] = []
     was_training = model.training
     model.eval()
     try:
@@ -293,11 +317,13 @@ def segment_volume(
             per_axis = [_segment_axis(model, q_norm, supports, value, ax, size=size,
                                       support_size=k, ensemble=ensemble, seed=seed,
                                       batch_size=batch_size, image_caches=caches,
-                                      progress=progress) for ax in axes]
-            means = np.stack([m for m, _ in per_axis])
+                                      progress=progress, tiles=tiles) for ax in axes]
+            chosen.append(tuple(g for _, _, g in per_axis))
+            means = np.stack([m for m, _, _ in per_axis])
             prob[li] = means.mean(axis=0)
             # total variance over planes x members = mean within-plane + between-plane
-            total = np.mean([v for _, v in per_axis], axis=0) + ((means - prob[li]) ** 2).mean(0)
+            total = np.mean([v for _, v, _ in per_axis], axis=0) + \
+                ((means - prob[li]) ** 2).mean(0)
             uncertainty[li] = np.sqrt(np.clip(total, 0, None))
     finally:
         model.train(was_training)
@@ -306,7 +332,7 @@ def segment_volume(
     fg = prob.max(axis=0) >= threshold
     mask[fg] = np.asarray(wanted)[best[fg]]
     return VolumeSegmentation(mask=mask.astype(_label_dtype(wanted)), probabilities=prob,
-                              uncertainty=uncertainty, labels=wanted, axes=axes)
+                              uncertainty=uncertainty, labels=wanted, axes=axes, tiles=chosen)
 
 
 def slice_steps(shape: Sequence[int], n_labels: int, axes: Sequence[int]) -> int:

@@ -215,6 +215,17 @@ def test_3d_support_pairs_and_labels_option(tmp_path, model_path):
     assert values <= {0, 2}
 
 
+def test_3d_tiles(tmp_path, model_path):
+    data = make_nnunet(tmp_path / "ds", n=2)
+    out = tmp_path / "out"
+    argv = ["segment", "--support-dir", str(data), "--query",
+            f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(out), "--model",
+            str(model_path), "--axis", "2", "--tiles", "2"]
+    assert run_cli(argv) == 0
+    res = nib.load(str(out / "la_001.nii.gz"))
+    assert res.shape == nib.load(str(data / "labelsTr" / "la_001.nii.gz")).shape
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -159,3 +159,34 @@ def test_bad_input():
         segment_volume(model, img, [img], [lab], planes=2)
     with pytest.raises(VolumeError, match="NaN"):
         segment_volume(model, np.full((8, 8, 8), np.nan), [img], [lab])
+
+
+class _RecordingMeanLabel(MeanSupportLabel):
+    """MeanSupportLabel that records the side of every input it is given."""
+
+    def __init__(self, resolution: int) -> None:
+        super().__init__(resolution)
+        self.sides: list[int] = []
+
+    def forward(self, target, images, labels):
+        self.sides.append(int(target.shape[-1]))
+        return super().forward(target, images, labels)
+
+
+def test_tiled_slices_run_at_model_resolution_on_a_larger_grid():
+    img, lab = _ball_volume((24, 40, 40), 0)
+    query, truth = _ball_volume((24, 40, 40), 1)
+    whole_model, tiled_model = _RecordingMeanLabel(16), _RecordingMeanLabel(16)
+    whole = segment_volume(whole_model, query, [img], [lab], axis=0, support_size=4)
+    tiled = segment_volume(tiled_model, query, [img], [lab], axis=0, support_size=4, tiles=2)
+    assert whole.tiles == [(1,)] and tiled.tiles == [(2,)]
+    assert set(tiled_model.sides) == {16}  # the model still sees 16-px inputs
+    assert len(tiled_model.sides) == 9 * len(whole_model.sides)  # (2*2 - 1)^2 tiles
+    inter = np.logical_and(tiled.mask > 0, whole.mask > 0).sum()
+    assert 2 * inter / ((tiled.mask > 0).sum() + (whole.mask > 0).sum()) > 0.9
+    auto = segment_volume(_RecordingMeanLabel(16), query, [img], [lab], planes=3,
+                          support_size=4, tiles="auto")
+    assert len(auto.tiles) == 1 and len(auto.tiles[0]) == 3
+    assert set(auto.tiles[0]) <= {1, 2}
+    with pytest.raises(VolumeError, match="tiles"):
+        segment_volume(tiled_model, query, [img], [lab], tiles=0)

@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="supports per prediction (2D default: all, at most 64; 3D: 16 "
                         "slices per query slice)")
     p.add_argument("--tiles", type=tiles_value, default=1, metavar="G|auto",
-                   help="2D: run the model on G x G overlapping tiles of a G-times larger "
-                        "image, for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
+                   help="run the model on G x G overlapping tiles of a G-times larger "
+                        "image (3D: of every slice), for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
                         "whichever segments the supports best (default 1)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold for foreground (default 0.5)")

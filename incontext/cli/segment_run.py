@@ -431,8 +431,6 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                 progress, task):
     from incontext.volumes import segment_volume
 
-    if args.tiles != 1:
-        raise CLIError(f"{query.path}: --tiles works on 2D images only (not on volumes yet)")
     axis = args.axis if args.axis is not None else choose_axis(supports.labels,
                                                                supports.spacings)
     axes = (0, 1, 2) if args.planes == 3 else (axis,)
@@ -442,7 +440,7 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
         model, query.data, supports.images, supports.labels, labels=wanted, axis=axis,
         planes=args.planes, ensemble=args.ensemble, support_size=args.support_size,
         threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-        modality=args.modality, window=window,
+        modality=args.modality, window=window, tiles=args.tiles,
         progress=lambda n: progress.advance(task, n))
     return result.mask, result.uncertainty, total // max(len(wanted), 1), axes
 
