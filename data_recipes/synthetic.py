@@ -164,18 +164,25 @@ def generate_synthetic_subject(
     return image.astype(f32, copy=False), (labels + 1).astype(np.int16)
 
 
-def generate_synthetic_task(
-    task_seed: int, n_subjects: int, size: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n_subjects`` subjects of task ``task_seed``: images (N, size, size) float32 in
-    [0, 1] and label maps (N, size, size) int16 with values 1..L, 5 <= L <= 20."""
+def stack_subjects(make_subject, task_seed: int, n_subjects: int, size: int,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``make_subject(task_seed, i, size)`` for i < ``n_subjects``, stacked into images
+    (N, size, size) float32 and label maps (N, size, size) int16."""
     if n_subjects < 0:
         raise ValueError(f"n_subjects must be >= 0, got {n_subjects}")
     images = np.empty((n_subjects, size, size), np.float32)
     labels = np.empty((n_subjects, size, size), np.int16)
     for i in range(n_subjects):
-        images[i], labels[i] = generate_synthetic_subject(task_seed, i, size)
+        images[i], labels[i] = make_subject(task_seed, i, size)
     return images, labels
+
+
+def generate_synthetic_task(
+    task_seed: int, n_subjects: int, size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_subjects`` subjects of task ``task_seed``: images (N, size, size) float32 in
+    [0, 1] and label maps (N, size, size) int16 with values 1..L, 5 <= L <= 20."""
+    return stack_subjects(generate_synthetic_subject, task_seed, n_subjects, size)
 
 
 def recipe_task_seed(seed: int, task: int) -> int:

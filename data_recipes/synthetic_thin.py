@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from data_recipes.synthetic import _upsample
+from data_recipes.synthetic import _upsample, stack_subjects
 
 SUPERSAMPLE = 4  # curves are drawn at 4x and area-averaged: sub-pixel widths survive
 
@@ -155,10 +155,4 @@ def generate_thin_task(task_seed: int, n_subjects: int, size: int = 128,
                        ) -> tuple[np.ndarray, np.ndarray]:
     """``n_subjects`` subjects of thin task ``task_seed`` (same conventions as
     :func:`data_recipes.synthetic.generate_synthetic_task`)."""
-    if n_subjects < 0:
-        raise ValueError(f"n_subjects must be >= 0, got {n_subjects}")
-    images = np.empty((n_subjects, size, size), np.float32)
-    labels = np.empty((n_subjects, size, size), np.int16)
-    for i in range(n_subjects):
-        images[i], labels[i] = generate_thin_subject(task_seed, i, size)
-    return images, labels
+    return stack_subjects(generate_thin_subject, task_seed, n_subjects, size)
