@@ -47,18 +47,18 @@ def run(args: argparse.Namespace) -> int:
     from incontext.text.train import is_text_config, is_text_run
 
     progress = False if args.no_progress else None
-    text_run = (args.resume is not None and is_text_run(args.resume)) or \
-        (args.config is not None and is_text_config(args.config))
-    if text_run and args.time_limit is not None:
+    text_resume = args.resume is not None and is_text_run(args.resume)
+    text_config = args.config is not None and is_text_config(args.config)
+    if (text_resume or text_config) and args.time_limit is not None:
         raise ValueError("--time-limit is for UniverSeg runs; a TextDriven run stops at "
                          "its [train] steps")
-    if args.resume is not None and is_text_run(args.resume):
+    if text_resume:
         # a TextDriven run directory: continue the partial-label trainer from its state
         from incontext.text.train import resume_run
 
         resume_run(args.resume, progress=progress)
         return 0
-    if args.config is not None and is_text_config(args.config):
+    if text_config:
         # TextDriven configs ([model] + [train]) go to the partial-label trainer
         from incontext.text.train import run_from_config
 

@@ -54,6 +54,7 @@ from incontext.training.loader import (
     EpisodeBatches,
     batch_iterator,
     close_batches,
+    draw_batch,
     stack_episodes,
 )
 from incontext.training.losses import hard_dice, segmentation_loss
@@ -254,13 +255,13 @@ class Trainer:
                  resume: bool = False, *, synthetic_generator: SyntheticGenerator | None = None,
                  index: Any = None, stop_after: int | None = None,
                  progress: bool | None = None, time_limit_s: float | None = None) -> None:
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise ConfigError(f"the time limit must be > 0 seconds, got {time_limit_s}")
+        self.time_limit_s = time_limit_s
         self.dist = dist_utils.setup(_peek_device(config, run_dir, resume))
         try:
             self._init(config, indexes, run_dir, resume, synthetic_generator, index,
                        stop_after, progress)
-            if time_limit_s is not None and time_limit_s <= 0:
-                raise ConfigError(f"the time limit must be > 0 seconds, got {time_limit_s}")
-            self.time_limit_s = time_limit_s
         except BaseException:
             dist_utils.cleanup(self.dist)
             raise
@@ -411,19 +412,11 @@ class Trainer:
 
     # -- loop
 
-    def _support_size(self, rng: np.random.Generator) -> int:
-        s = self.config.data.support_size
-        if isinstance(s, int):
-            return s
-        return int(rng.integers(s[0], s[1] + 1))
-
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, device = self.config, self.dist.device
         if cfg.data.workers == 0:  # in-process, from the run's own (checkpointed) generator
-            support_size = self._support_size(self.rng)
-            episodes = [self.augmenter(self.source.sample(self.rng, support_size, 1), self.rng)
-                        for _ in range(cfg.data.batch_size)]
-            return collate(episodes, device)
+            return collate(draw_batch(self.source, self.augmenter, cfg.data.batch_size,
+                                      cfg.data.support_size, self.rng), device)
         if self._batches is None:
             dataset = EpisodeBatches(self.source, self.augmenter, cfg.data.batch_size,
                                      cfg.data.support_size,

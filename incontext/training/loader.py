@@ -36,6 +36,15 @@ def stack_episodes(episodes: Sequence[Episode],
     return q, si, sl, ql
 
 
+def draw_batch(source, augmenter, batch_size: int, support_size: int | tuple[int, int],
+               rng: np.random.Generator) -> list[Episode]:
+    """One training batch: a support size (fixed, or uniform in ``[low, high]``), then
+    ``batch_size`` augmented episodes of that size with one query, all drawn from ``rng``."""
+    s = support_size if isinstance(support_size, int) else \
+        int(rng.integers(support_size[0], support_size[1] + 1))
+    return [augmenter(source.sample(rng, s, 1), rng) for _ in range(batch_size)]
+
+
 class EpisodeBatches(torch.utils.data.IterableDataset):
     """Endless augmented batches; each worker has its own generator (see module doc)."""
 
@@ -53,11 +62,8 @@ class EpisodeBatches(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         rng = np.random.default_rng(np.random.SeedSequence([*self.seed_entropy, worker]))
         while True:
-            s = self.support_size if isinstance(self.support_size, int) else \
-                int(rng.integers(self.support_size[0], self.support_size[1] + 1))
-            episodes = [self.augmenter(self.source.sample(rng, s, 1), rng)
-                        for _ in range(self.batch_size)]
-            yield stack_episodes(episodes)
+            yield stack_episodes(draw_batch(self.source, self.augmenter, self.batch_size,
+                                            self.support_size, rng))
 
 
 def _init_worker(worker_id: int) -> None:
