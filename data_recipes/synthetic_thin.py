@@ -7,8 +7,9 @@ branch, their contrast against a textured background, and whether small round ob
 are scattered around — and every subject draws new geometry in that style, so an
 episode asks "segment the vessels (or dots) that look like these".
 
-Label maps hold ``1`` = background, ``2`` = the curvilinear network and, in tasks with
-objects, ``3`` = the small round objects. Deterministic from
+Label maps hold ``0`` = background (never a task: an episode asks for the network or
+the objects, not the space between them), ``2`` = the curvilinear network and, in tasks
+with objects, ``3`` = the small round objects. Deterministic from
 ``numpy.random.SeedSequence``: subject ``i`` of task ``s`` does not depend on how many
 subjects are generated.
 """
@@ -126,7 +127,7 @@ def _draw_objects(rng: np.random.Generator, p: ThinTaskParams, size: int) -> np.
 def generate_thin_subject(task_seed: int, index: int, size: int = 128,
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Subject ``index`` of thin task ``task_seed``: image (size, size) float32 in [0, 1]
-    and label map (size, size) int16 (1 background, 2 network, 3 objects)."""
+    and label map (size, size) int16 (0 background, 2 network, 3 objects)."""
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     p = thin_task_params(int(task_seed))
@@ -134,7 +135,7 @@ def generate_thin_subject(task_seed: int, index: int, size: int = 128,
     f32 = np.float32
     network = _draw_network(rng, p, size)
     objects = _draw_objects(rng, p, size) if p.n_objects else np.zeros_like(network)
-    labels = np.ones((size, size), np.int16)
+    labels = np.zeros((size, size), np.int16)
     labels[objects >= 0.5] = 3
     labels[network >= 0.35] = 2  # thin lines: a pixel a third covered is part of the vessel
 

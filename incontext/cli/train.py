@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
                         help="stop after training this long in this session, saving the "
                              "last checkpoint (continue later with --resume)")
+    parser.add_argument("--validate", nargs="+", metavar="MODEL",
+                        help="train nothing: score these models (weights files, checkpoint "
+                             "directories such as RUN/best, registered names) on the "
+                             "validation episodes of --config, for model selection")
+    parser.add_argument("--validate-json", type=Path, metavar="FILE.json",
+                        help="with --validate: also write the scores (per dataset and task)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar or summary table")
     parser.set_defaults(func=run)
@@ -47,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from incontext.text.train import is_text_config, is_text_run
 
     progress = False if args.no_progress else None
+    if args.validate is not None:
+        return _validate(args)
+    if args.validate_json is not None:
+        raise ValueError("--validate-json needs --validate MODEL ...")
     text_resume = args.resume is not None and is_text_run(args.resume)
     text_config = args.config is not None and is_text_config(args.config)
     if (text_resume or text_config) and args.time_limit is not None:
@@ -76,6 +86,21 @@ def run(args: argparse.Namespace) -> int:
                     progress=False if args.no_progress else None,
                     time_limit_s=None if args.time_limit is None else args.time_limit * 60)
     return 130 if summary.interrupted else 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from incontext.training.validate import print_validation, validate_weights, write_validation
+
+    if args.config is None:
+        raise ValueError("--validate needs --config CONFIG.toml (its validation episodes)")
+    if args.resume is not None or args.out is not None or args.time_limit is not None:
+        raise ValueError("--validate trains nothing: drop --resume, --out and --time-limit")
+    results = validate_weights(args.config, args.validate, args.index,
+                               progress=not args.no_progress)
+    print_validation(results)
+    if args.validate_json is not None:
+        write_validation(results, args.validate_json)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Meta-training of in-context segmentation models (episodes, augmentation, DDP, checkpoints).
 
-Entry points: :func:`train` (Python) and ``incontext train`` (CLI).
+Entry points: :func:`train` (Python) and ``incontext train`` (CLI);
+:func:`validate_weights` (``incontext train --validate``) scores saved models for selection.
 """
 
 from incontext.training.config import (
@@ -11,6 +12,7 @@ from incontext.training.config import (
     load_config,
 )
 from incontext.training.engine import RunSummary, Trainer, evaluate, train
+from incontext.training.validate import validate_weights
 
 __all__ = [
     "ConfigError",
@@ -22,4 +24,5 @@ __all__ = [
     "evaluate",
     "load_config",
     "train",
+    "validate_weights",
 ]

@@ -39,8 +39,9 @@ class DataConfig:
     ``synthetic_ratio`` is the fraction of episodes drawn from on-the-fly
     synthetic tasks (1.0 when no index is given); ``synthetic_thin_ratio`` of those come
     from thin-structure tasks (curvilinear networks, small round objects;
-    ``data_recipes.synthetic_thin``; training only, validation keeps the blob tasks so
-    that runs stay comparable). ``workers`` > 0 samples and
+    ``data_recipes.synthetic_thin``). Validation holds ``synthetic_val_tasks`` blob tasks
+    and ``synthetic_thin_val_tasks`` thin tasks (default 0, so older runs stay
+    comparable), whatever the training ratios. ``workers`` > 0 samples and
     augments batches in that many background processes (faster on an accelerator;
     resumes do not replay the uninterrupted run bit for bit, see training.loader).
     """
@@ -56,6 +57,7 @@ class DataConfig:
     val_split: str = "val"
     synthetic_tasks: int = 1000
     synthetic_val_tasks: int = 20
+    synthetic_thin_val_tasks: int = 0  # thin-structure tasks held back for validation
     synthetic_subjects: int = 32
     synthetic_seed: int = 0
     synthetic_cache: int = 256
@@ -314,6 +316,7 @@ def _check_values(cfg: TrainConfig) -> None:
                 "val_queries", "val_episodes_per_task"):
         positive(getattr(d, key), f"data.{key}")
     positive(d.synthetic_val_tasks, "data.synthetic_val_tasks", allow_zero=True)
+    positive(d.synthetic_thin_val_tasks, "data.synthetic_thin_val_tasks", allow_zero=True)
     positive(d.val_max_tasks, "data.val_max_tasks", allow_zero=True)
     positive(d.workers, "data.workers", allow_zero=True)
     if d.synthetic_subjects < 2:

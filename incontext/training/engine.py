@@ -119,27 +119,40 @@ def build_sources(config: TrainConfig, index: Any = None,
         parts.append((idx, 1.0 - ratio))
         val += idx.validation_episodes(d.val_support_size, d.val_queries,
                                        d.val_episodes_per_task, d.val_seed, d.val_max_tasks)
+    train_seeds, val_seeds = synthetic_seeds(d.synthetic_seed, d.synthetic_tasks,
+                                             d.synthetic_val_tasks)
     if ratio > 0:
-        train_seeds, val_seeds = synthetic_seeds(d.synthetic_seed, d.synthetic_tasks,
-                                                 d.synthetic_val_tasks)
         thin = d.synthetic_thin_ratio
         if thin < 1:
             parts.append((SyntheticSource(train_seeds, d.synthetic_subjects, res,
                                           synthetic_generator, d.synthetic_cache),
                           ratio * (1.0 - thin)))
         if thin > 0:
-            from data_recipes.synthetic_thin import generate_thin_task
-
-            thin_seeds = [s + THIN_SEED_OFFSET for s in train_seeds]
-            parts.append((SyntheticSource(thin_seeds, d.synthetic_subjects, res,
-                                          generate_thin_task, d.synthetic_cache,
-                                          name="synthetic-thin"), ratio * thin))
+            parts.append((SyntheticSource([s + THIN_SEED_OFFSET for s in train_seeds],
+                                          d.synthetic_subjects, res, _thin_generator(),
+                                          d.synthetic_cache, name="synthetic-thin"),
+                          ratio * thin))
         if val_seeds:
             held = SyntheticSource(val_seeds, d.synthetic_subjects, res, synthetic_generator,
                                    cache_size=len(val_seeds), name="synthetic-heldout")
             val += held.validation_episodes(d.val_support_size, d.val_queries,
                                             d.val_episodes_per_task, d.val_seed)
+    if d.synthetic_thin_val_tasks:
+        # thin validation seeds follow the thin training seeds' range, so never overlap them
+        _, thin_val = synthetic_seeds(d.synthetic_seed, d.synthetic_tasks,
+                                      d.synthetic_thin_val_tasks)
+        held = SyntheticSource([s + THIN_SEED_OFFSET for s in thin_val], d.synthetic_subjects,
+                               res, _thin_generator(), cache_size=len(thin_val),
+                               name="synthetic-thin-heldout")
+        val += held.validation_episodes(d.val_support_size, d.val_queries,
+                                        d.val_episodes_per_task, d.val_seed)
     return MixedSource(parts), val
+
+
+def _thin_generator() -> SyntheticGenerator:
+    from data_recipes.synthetic_thin import generate_thin_task
+
+    return generate_thin_task
 
 
 def collate(episodes: Sequence[Episode], device: torch.device,

@@ -1,0 +1,105 @@
+"""Score saved models on a training config's validation episodes (model selection).
+
+``incontext train --config C.toml --index ... --validate A B ...`` compares weights
+(other runs' checkpoints, shipped models) on exactly the validation set a run of ``C``
+would use: the training pool's val split and the held-back synthetic tasks. Selection
+stays on training data; held-out benchmark tasks are never involved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from incontext.atomic import atomic_write_text
+from incontext.training.config import ConfigError, TrainConfig, load_config
+from incontext.training.distributed import resolve_device
+from incontext.training.engine import build_sources, evaluate
+
+
+def load_candidate(spec: str | Path) -> torch.nn.Module:
+    """A model from a weights file, a checkpoint directory (``run/best``, ``run/last``,
+    ``checkpoints/step-N``: the ``model.safetensors`` inside) or a registered name."""
+    from incontext.models.io import load
+    from incontext.models.registry import available_models, load_model
+
+    path = Path(spec)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.exists():
+            raise FileNotFoundError(f"{path}: no model.safetensors in this directory")
+        return load(weights)
+    if path.exists():
+        return load(path)
+    if str(spec) in available_models():
+        return load_model(str(spec))
+    raise FileNotFoundError(f"{spec}: no such weights file, checkpoint directory or "
+                            f"registered model ({', '.join(available_models())})")
+
+
+def validate_weights(config: TrainConfig | str | Path, candidates: Sequence[str | Path],
+                     indexes: Sequence[str | Path] = (), *, index: Any = None,
+                     device: str | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Validation Dice of each candidate on ``config``'s validation episodes.
+
+    Returns one dict per candidate: ``model`` (as given), ``val_dice`` (mean over
+    tasks, the number runs select on), ``per_dataset``, ``per_task``, ``n_tasks``.
+    Models run at the config's resolution, whatever resolution they were trained at.
+    """
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    if not candidates:
+        raise ConfigError("nothing to validate: name at least one weights file or model")
+    models = [load_candidate(c) for c in candidates]  # fail on a bad name before the work
+    if index is None:
+        paths = list(dict.fromkeys([*cfg.data.indexes, *(str(p) for p in indexes)]))
+        if paths:
+            from incontext.data import TaskIndex
+
+            index = TaskIndex.open([Path(p) for p in paths])
+    _, episodes = build_sources(cfg, index)
+    if not episodes:
+        raise ConfigError("the config has no validation episodes (no index val split and "
+                          "data.synthetic_val_tasks = 0)")
+    dev = resolve_device(device or cfg.run.device)
+    results = []
+    for spec, model in _progress(list(zip(candidates, models, strict=True)), progress):
+        scores = evaluate(model.to(dev), episodes, dev)
+        results.append({"model": str(spec), **scores})
+    return results
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description="validate")
+
+
+def print_validation(results: Sequence[dict[str, Any]]) -> None:
+    """A rich table: one row per model, mean val Dice and one column per dataset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    datasets = sorted({d for r in results for d in r["per_dataset"]})
+    table = Table(title=f"validation Dice ({results[0]['n_tasks']} tasks)")
+    table.add_column("model")
+    table.add_column("val Dice", justify="right")
+    for d in datasets:
+        table.add_column(d, justify="right")
+    best = max(r["val_dice"] for r in results)
+    for r in results:
+        mark = " *" if r["val_dice"] == best else ""
+        table.add_row(r["model"], f"{r['val_dice']:.4f}{mark}",
+                      *(f"{r['per_dataset'].get(d, float('nan')):.3f}" for d in datasets))
+    Console().print(table)
+
+
+def write_validation(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Write ``results`` as JSON (through a temporary file, so a crash leaves no half file)."""
+    atomic_write_text(path, json.dumps(list(results), indent=1) + "\n")
