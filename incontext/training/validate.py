@@ -82,22 +82,28 @@ def _progress(items: list, enabled: bool):
 
 
 def print_validation(results: Sequence[dict[str, Any]]) -> None:
-    """A rich table: one row per model, mean val Dice and one column per dataset."""
+    """The models (numbered) and a table of Dice x 100 with one column per model: mean
+    val Dice, then one row per dataset."""
     from rich.console import Console
     from rich.table import Table
 
-    datasets = sorted({d for r in results for d in r["per_dataset"]})
-    table = Table(title=f"validation Dice ({results[0]['n_tasks']} tasks)")
-    table.add_column("model")
-    table.add_column("val Dice", justify="right")
-    for d in datasets:
-        table.add_column(d, justify="right")
+    names = sorted({d for r in results for d in r["per_dataset"]})
+    console = Console()
+    needed = max(len(n) for n in [*names, "val Dice"]) + 9 * len(results) + 4
+    if needed > console.width:  # never squeeze the numbers into "0.…"
+        console = Console(width=needed)
+    for i, r in enumerate(results, 1):
+        console.print(f"[bold]{i}[/bold]  {r['model']}")
     best = max(r["val_dice"] for r in results)
-    for r in results:
-        mark = " *" if r["val_dice"] == best else ""
-        table.add_row(r["model"], f"{r['val_dice']:.4f}{mark}",
-                      *(f"{r['per_dataset'].get(d, float('nan')):.3f}" for d in datasets))
-    Console().print(table)
+    table = Table(title=f"validation Dice x 100 ({results[0]['n_tasks']} tasks; * best)")
+    table.add_column("")
+    for i, r in enumerate(results, 1):
+        table.add_column(f"{i}" + (" *" if r["val_dice"] == best else ""), justify="right")
+    table.add_row("val Dice", *(f"{100 * r['val_dice']:.1f}" for r in results))
+    for d in names:
+        table.add_row(d, *(f"{100 * r['per_dataset'][d]:.1f}" if d in r["per_dataset"] else "-"
+                           for r in results))
+    console.print(table)
 
 
 def write_validation(results: Sequence[dict[str, Any]], path: str | Path) -> None:
