@@ -30,7 +30,7 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-DEFAULT_MODEL: str | None = "incontext-universeg-s128"  # see MODEL_CARD.md
+DEFAULT_MODEL: str | None = "incontext-universeg-s128-thin"  # see MODEL_CARD.md
 DEFAULT_TEXT_MODEL: str | None = "text-driven-minilm"  # for --text; see docs/text-driven.md
 
 
@@ -62,8 +62,19 @@ register(ModelSpec(
     name="incontext-universeg-s128",
     config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
     weights="incontext-universeg-s128.safetensors",
-    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; the 64-px model "
-                "fine-tuned at 128 px with batch 16 on a GPU (MODEL_CARD.md)",
+    description="UniverSeg, 4 blocks x 32 features, 128x128; the 64-px model fine-tuned at "
+                "128 px with batch 16 on a GPU; the default before the thin-structure "
+                "fine-tune (MODEL_CARD.md)",
+))
+
+
+register(ModelSpec(
+    name="incontext-universeg-s128-thin",
+    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
+    weights="incontext-universeg-s128-thin.safetensors",
+    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
+                "incontext-universeg-s128 fine-tuned on 2 CPU cores with thin-structure "
+                "synthetic tasks added (MODEL_CARD.md)",
 ))
 
 
