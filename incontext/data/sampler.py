@@ -52,7 +52,10 @@ class _Pool:
 class TaskIndex:
     """An opened index (one or more shards): task table, split loading and episode sampling."""
 
-    def __init__(self, paths: Sequence[Path], cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike],
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]  # one index file
         self.paths = [Path(p) for p in paths]
         self.cache_bytes = int(cache_bytes)
         self._groups: list[tuple[Path, str, GroupMeta]] = []
