@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
 from incontext.preprocessing import (
     PreprocessingError,
     check_finite,
@@ -45,6 +46,9 @@ class Segmentation:
     uncertainty:   (L, H, W) std of the probability across ensemble members
     labels:        the L foreground label values, in the order of the first axis
     tiles:         per label, the tiling used (1 = whole image; see ``segment(tiles=)``)
+    thresholds:    per label, the cut applied to the model's probabilities (with
+                   ``threshold="auto"`` the chosen one; ``probabilities`` are then rescaled
+                   so that this cut is at 0.5)
     """
 
     mask: np.ndarray
@@ -52,6 +56,7 @@ class Segmentation:
     uncertainty: np.ndarray
     labels: list[int]
     tiles: list[int] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -160,7 +165,7 @@ def segment(
     *,
     ensemble: int = 1,
     support_size: int | None = None,
-    threshold: float = 0.5,
+    threshold: float | str = 0.5,
     seed: int = 0,
     batch_size: int = 8,
     labels: Sequence[int] | None = None,
@@ -184,14 +189,20 @@ def segment(
     structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
     ``tiles="auto"`` picks 1 or 2 per label by segmenting a few supports from the others
     (:func:`incontext.tiling.choose_tiles`); ``Segmentation.tiles`` says what was used.
+    ``threshold="auto"`` picks the foreground cut per label the same way, from
+    :data:`incontext.calibration.THRESHOLD_GRID` (jointly with the tiling when both are
+    auto); thin structures often need a cut below 0.5. ``Segmentation.thresholds`` says
+    which.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
         raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
     if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
         raise SupportSetError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
-    if not 0.0 < threshold < 1.0:
-        raise SupportSetError(f"threshold must be in (0, 1), got {threshold}")
+    auto_threshold = threshold == "auto"
+    if not auto_threshold and not (isinstance(threshold, (int, float))
+                                   and 0.0 < threshold < 1.0):
+        raise SupportSetError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
     single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
     queries = _as_image_list(query, "query")
     s_images = _as_image_list(support_images, "support_images")
@@ -243,26 +254,36 @@ def segment(
     n_q = len(queries)
     member_probs = torch.zeros((ensemble, n_lab, n_q, size, size))
     chosen: list[int] = []
+    cuts: list[float] = []
     was_training = model.training
     model.eval()
     try:
         for li, value in enumerate(wanted):
             if value not in present:
                 chosen.append(options[0])
+                cuts.append(0.5 if auto_threshold else float(threshold))
                 continue  # probability stays 0
             soft = {g: torch.stack([resize_mask_soft(pad_to_square(
                 (lab == value).astype(np.float32)), sizes[g]) for lab in label_maps])
                 for g in options}
             g_lab = options[0]
-            if len(options) > 1:  # "auto": the tiling that best segments the supports
-                first = torch.from_numpy(subsets[0])
-                big = max(options)
+            t_lab = 0.5 if auto_threshold else float(threshold)
+            first = torch.from_numpy(subsets[0])
+            big = max(options)
+            if auto_threshold:  # tiling and cut that best segment the supports
+                cal = support_calibration(run.resized, s_by[big][first], soft[big][first],
+                                          options, THRESHOLD_GRID, seed=seed)
+                g_lab, t_lab = cal.tiles, cal.threshold
+            elif len(options) > 1:  # tiles "auto": the tiling that best segments the supports
                 g_lab, _ = choose_tiles(run.resized, s_by[big][first], soft[big][first],
                                         options, seed=seed)
             chosen.append(g_lab)
+            cuts.append(t_lab)
             for m, subset in enumerate(subsets):
                 idx = torch.from_numpy(subset)
                 prob = run(g_lab, q_by[g_lab], s_by[g_lab][idx], soft[g_lab][idx])
+                if auto_threshold:
+                    prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)
     finally:
         model.train(was_training)
@@ -277,12 +298,12 @@ def segment(
         mask = np.zeros(shape, dtype=np.int64)
         if n_lab:
             best = prob.argmax(axis=0)
-            fg = prob.max(axis=0) >= threshold
+            fg = prob.max(axis=0) >= (0.5 if auto_threshold else threshold)
             mask[fg] = np.asarray(wanted)[best[fg]]
         mask = mask.astype(_label_dtype(wanted))
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
                                     uncertainty=unc.astype(np.float32), labels=list(wanted),
-                                    tiles=list(chosen)))
+                                    tiles=list(chosen), thresholds=list(cuts)))
     return results[0] if single else results
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from incontext.calibration import dice_at, leave_one_out, leave_one_out_checks
+
 __all__ = ["TiledRunner", "choose_tiles", "predict_tiled", "resize_stack", "tile_origins",
            "tiled_size"]
 
@@ -106,13 +108,6 @@ def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
                          align_corners=False, antialias=True)[:, 0]
 
 
-def _dice(prob: torch.Tensor, target: torch.Tensor) -> float:
-    pred = prob >= 0.5
-    truth = target >= 0.5
-    denom = int(pred.sum()) + int(truth.sum())
-    return 1.0 if denom == 0 else 2.0 * int((pred & truth).sum()) / denom
-
-
 def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor,
                  candidates: tuple[int, ...] = (1, 2), max_checks: int = 4, seed: int = 0
                  ) -> tuple[int, dict[int, float]]:
@@ -125,20 +120,13 @@ def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor
     Returns (tiles, {tiles: mean Dice}); with fewer than 2 supports, (min(candidates), {}).
     """
     candidates = tuple(sorted(set(int(c) for c in candidates)))
-    n = support_images.shape[0]
-    with_fg = [i for i in range(n) if bool((support_labels[i] >= 0.5).any())]
-    if n < 2 or not with_fg or len(candidates) == 1:
+    checks = leave_one_out_checks(support_labels, max_checks, seed)
+    if not checks or len(candidates) == 1:
         return candidates[0], {}
-    rng = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(len(with_fg), generator=rng).tolist()
-    checks = [with_fg[i] for i in order[:max_checks]]
     scores: dict[int, float] = {}
     for g in candidates:
-        values = []
-        for i in checks:
-            keep = torch.tensor([j for j in range(n) if j != i])
-            prob = run(g, support_images[i:i + 1], support_images[keep], support_labels[keep])
-            values.append(_dice(prob[0], support_labels[i]))
-        scores[g] = sum(values) / len(values)
+        prob = leave_one_out(lambda q, si, sl, g=g: run(g, q, si, sl), support_images,
+                             support_labels, checks)
+        scores[g] = float(dice_at(prob, support_labels[checks]).mean())
     best = max(candidates, key=lambda g: (round(scores[g], 6), -g))
     return best, scores

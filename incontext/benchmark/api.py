@@ -73,6 +73,7 @@ def run_benchmark(
     tasks: Sequence[str] | None = None,
     methods: Sequence[Any] = (),
     model_tiles: int | str = 1,
+    model_threshold: float | str = 0.5,
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -85,7 +86,9 @@ def run_benchmark(
     {name: {setting: value}}. ``method_repeats`` overrides ``repeats`` per method.
     ``methods``: extra objects with ``name``, ``describe()`` and ``predict(...)``.
     ``model_tiles`` > 1 runs the model on tiles (:mod:`incontext.tiling`); its rows are
-    named ``<model>-tiles<g>``.
+    named ``<model>-tiles<g>``. ``model_threshold`` other than 0.5 cuts the model's
+    probabilities there (``"auto"``: chosen per task and draw on the supports,
+    :mod:`incontext.calibration`); rows named ``<model>-thr-auto`` / ``-thr<t>``.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -107,7 +110,8 @@ def run_benchmark(
 
     notes: list[str] = []
     all_methods: list[Any] = []
-    model_method, note = load_model_method(model, tiles=model_tiles)
+    model_method, note = load_model_method(model, tiles=model_tiles,
+                                           threshold=model_threshold)
     if note:
         notes.append(note)
         if progress:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
+from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
 from incontext.inference import predict_probabilities
 from incontext.tiling import choose_tiles, predict_tiled, resize_stack
 
@@ -41,23 +42,33 @@ class ModelMethod:
     """An in-context segmentation model (UniverSeg-style) behind the baseline interface.
 
     Images are resized (bilinear) to the model resolution when the index size differs, labels
-    likewise as soft masks, and probabilities back to the index size.
+    likewise as soft masks, and probabilities back to the index size. ``threshold="auto"``
+    picks a cut per task and draw on the support set (:func:`incontext.calibration.
+    support_calibration`) and returns probabilities rescaled so that the cut is 0.5.
     """
 
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
-                 batch_size: int = 8, tiles: int | str = 1) -> None:
+                 batch_size: int = 8, tiles: int | str = 1,
+                 threshold: float | str = 0.5) -> None:
         if not (tiles == "auto" or (isinstance(tiles, int) and tiles >= 1)):
             raise ValueError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
+        if not (threshold == "auto" or (isinstance(threshold, (int, float))
+                                        and 0.0 < threshold < 1.0)):
+            raise ValueError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
         self.model = model.eval()
         self.name = name if tiles == 1 else f"{name}-tiles{'-auto' if tiles == 'auto' else tiles}"
+        if threshold != 0.5:
+            self.name += "-thr-auto" if threshold == "auto" else f"-thr{float(threshold):g}"
+        self.threshold = threshold
         self.source = source
         self.batch_size = int(batch_size)
         self.tiles = tiles
         self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
         self.fingerprint = weights_fingerprint(model)
         self.chosen_tiles: list[int] = []  # with tiles="auto": the choice of each prediction
+        self.chosen_thresholds: list[float] = []  # with threshold="auto": likewise
 
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:
@@ -80,12 +91,19 @@ class ModelMethod:
         si = torch.from_numpy(np.ascontiguousarray(support_images, np.float32))
         sl = torch.from_numpy(np.ascontiguousarray(support_labels, np.float32))
         qi = torch.from_numpy(np.ascontiguousarray(query_images, np.float32))
-        tiles = self.tiles
-        if tiles == "auto":
+        tiles, threshold = self.tiles, self.threshold
+        if threshold == "auto":
+            options = (1, 2) if tiles == "auto" else (int(tiles),)
+            cal = support_calibration(self._run, si, sl, options, THRESHOLD_GRID, seed=seed)
+            tiles, threshold = cal.tiles, cal.threshold
+            self.chosen_thresholds.append(threshold)
+        elif tiles == "auto":
             tiles, _ = choose_tiles(self._run, si, sl, (1, 2), seed=seed)
-            self.chosen_tiles.append(tiles)
-        prob = self._run(int(tiles), qi, si, sl)
-        return prob.clamp(0, 1).numpy().astype(np.float32)
+        if self.tiles == "auto":
+            self.chosen_tiles.append(int(tiles))
+        prob = self._run(int(tiles), qi, si, sl).clamp(0, 1)
+        prob = rescale_to_threshold(prob, float(threshold))
+        return prob.numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "kind": "in-context model",
@@ -98,6 +116,8 @@ class ModelMethod:
             info["source"] = self.source
         if self.tiles != 1:  # only then, so rows cached before tiling existed stay valid
             info["tiles"] = self.tiles
+        if self.threshold != 0.5:  # likewise
+            info["threshold"] = self.threshold
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -137,8 +157,8 @@ def make_baselines(names: Sequence[str],
     return out
 
 
-def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1
-                      ) -> tuple[ModelMethod | None, str | None]:
+def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
+                      threshold: float | str = 0.5) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -149,7 +169,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
-                           tiles=tiles), None
+                           tiles=tiles, threshold=threshold), None
     if model is None:
         try:
             loaded = load_model()
@@ -158,10 +178,11 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
         from incontext.models import registry
 
         return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
-                           source=str(registry.DEFAULT_MODEL), tiles=tiles), None
+                           source=str(registry.DEFAULT_MODEL), tiles=tiles,
+                           threshold=threshold), None
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
     loaded = load_model(text)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
-    return ModelMethod(loaded, name=name, source=text, tiles=tiles), None
+    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold), None

@@ -35,6 +35,20 @@ def tiles_value(text: str) -> int | str:
     return value
 
 
+def threshold_value(text: str) -> float | str:
+    """``--threshold`` / ``--model-threshold``: a number in (0, 1) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number in (0, 1) or 'auto'"
+                                         ) from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in (0, 1)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="incontext",

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from incontext.cli import CLIError, tiles_value
+from incontext.cli import CLIError, threshold_value, tiles_value
 
 
 def _int_list(text: str) -> list[int]:
@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run the model on G x G overlapping tiles of a G-times larger image "
                         "(thin structures; (2G-1)^2 passes); auto = 1 or 2 per task, chosen "
                         "on the support set; default 1 = whole image")
+    p.add_argument("--model-threshold", type=threshold_value, default=0.5, metavar="T|auto",
+                   help="foreground cut of the model's probabilities; auto = chosen per task "
+                        "and draw by segmenting supports from the others (default 0.5)")
     p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, seed=args.seed,
         tasks=[t for t in args.tasks.split(",") if t] if args.tasks else None,
         progress=not args.no_progress, plots=not args.no_plots, console=console,
-        methods=methods, model_tiles=args.model_tiles)
+        methods=methods, model_tiles=args.model_tiles,
+        model_threshold=args.model_threshold)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from incontext.cli import tiles_value
+from incontext.cli import threshold_value, tiles_value
 from incontext.cli.text_options import add_text_arguments
 from incontext.ct_windows import CT_WINDOWS
 
@@ -50,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run the model on G x G overlapping tiles of a G-times larger "
                         "image (3D: of every slice), for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
                         "whichever segments the supports best (default 1)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="probability threshold for foreground (default 0.5)")
+    p.add_argument("--threshold", type=threshold_value, default=0.5, metavar="T|auto",
+                   help="probability threshold for foreground (default 0.5); auto = chosen "
+                        "per label by segmenting supports from the others (2D queries)")
     p.add_argument("--modality", choices=("ct", "mr", "other"), default="other",
                    help="intensity normalisation: CT window, MR percentile clipping, or "
                         "min-max (default other)")

@@ -79,8 +79,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--min-size must be >= 0, got {args.min_size}")
     if args.max_supports is not None and args.max_supports < 1:
         raise CLIError(f"--max-supports must be >= 1, got {args.max_supports}")
-    if not 0 < args.threshold < 1:
-        raise CLIError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.threshold != "auto" and not 0 < args.threshold < 1:
+        raise CLIError(f"--threshold must be in (0, 1) or auto, got {args.threshold}")
 
 
 # ----------------------------------------------------------------------------- supports
@@ -382,6 +382,9 @@ def _run(args: argparse.Namespace) -> int:
         queries, supports, wanted, window, out = _prepare(args)
     except ImageReadError as exc:
         raise CLIError(str(exc)) from None
+    if supports.ndim == 3 and args.threshold == "auto":
+        raise CLIError("--threshold auto is for 2D images; give a number for volumes "
+                       "(e.g. --threshold 0.5)")
     model = _load_model(args.model)
     console = Console(stderr=True)
     results: list[FileResult] = []
