@@ -9,6 +9,7 @@ masks. The masks are approximate; never use this dataset to report vessel accura
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from data_recipes._io import _open_pil, _pil_to_array
@@ -24,16 +25,11 @@ class DrionsVesselsRecipe:
     name = "drions_vessels"
 
     def describe(self, source: Path) -> DatasetInfo:
-        return DatasetInfo(
-            name=self.name,
-            modality="other",
-            modality_name="colour fundus photography",
-            label_names=list(LABELS),
-            dims=2,
-            source="DRIONS-DB (via DeepTrial/Optic-Disc-Unet); vessel masks are pseudo-labels "
+        photos = DRIONS_OD.describe(source)  # same photos, modality, citation and terms
+        return replace(
+            photos, name=self.name, label_names=list(LABELS),
+            source=f"{photos.source}; vessel masks are pseudo-labels "
                    "(incontext.data.pseudo_labels.vessel_pseudo_label)",
-            citation=DRIONS_OD.describe(source).citation,
-            license="research use (see original distribution)",
             extra={"pseudo_labels": "black top-hat, green channel, 12% of field of view"},
         )
 
