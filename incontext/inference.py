@@ -165,7 +165,7 @@ def segment(
     *,
     ensemble: int = 1,
     support_size: int | None = None,
-    threshold: float | str = 0.5,
+    threshold: float | str = "auto",
     seed: int = 0,
     batch_size: int = 8,
     labels: Sequence[int] | None = None,
@@ -189,10 +189,10 @@ def segment(
     structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
     ``tiles="auto"`` picks 1 or 2 per label by segmenting a few supports from the others
     (:func:`incontext.tiling.choose_tiles`); ``Segmentation.tiles`` says what was used.
-    ``threshold="auto"`` picks the foreground cut per label the same way, from
+    ``threshold="auto"`` (the default) picks the foreground cut per label the same way, from
     :data:`incontext.calibration.THRESHOLD_GRID` (jointly with the tiling when both are
-    auto); thin structures often need a cut below 0.5. ``Segmentation.thresholds`` says
-    which.
+    auto); thin structures often need a cut below 0.5; with fewer than 3 labelled
+    supports it stays 0.5. A number fixes the cut. ``Segmentation.thresholds`` says which.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:

@@ -411,3 +411,37 @@ def test_tiles_option(tmp_path, model_path, capsys):
         run_cli(["segment", "--support-dir", str(sup), "--query", str(query), "--out",
                  str(tmp_path / "o2"), "--model", str(model_path), "--tiles", "0"])
     assert exc.value.code == 2 and "--tiles" in _err(capsys)
+
+
+def test_threshold_defaults_to_auto_in_2d_and_is_passed_through(tmp_path, model_path,
+                                                                monkeypatch):
+    import incontext.inference as inference
+
+    seen = []
+    real = inference.segment
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["threshold"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "segment", spy)
+    sup = make_2d_folder(tmp_path / "sup", n=4)
+    query = sup / "images" / "case0.png"
+    for extra, expected in (([], "auto"), (["--threshold", "0.4"], 0.4),
+                            (["--threshold", "auto"], "auto")):
+        out = tmp_path / f"out{len(seen)}"
+        assert run_cli(["segment", "--support-dir", str(sup), "--query", str(query),
+                        "--out", str(out), "--model", str(model_path), *extra]) == 0
+        assert seen[-1] == expected
+        assert (out / "case0.png").exists()
+
+
+def test_threshold_auto_is_refused_for_volumes(tmp_path, model_path, capsys):
+    img, lab = make_volume((12, 14, 10), seed=0)
+    affine = _affine(0)
+    nib.save(nib.Nifti1Image(img, affine), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "a_seg.nii.gz")
+    code = run_cli(["segment", "--support", f"{tmp_path / 'a.nii.gz'}:{tmp_path / 'a_seg.nii.gz'}",
+                    "--query", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "o"),
+                    "--model", str(model_path), "--threshold", "auto"])
+    assert code == 2 and "for 2D images" in capsys.readouterr().err

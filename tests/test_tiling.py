@@ -88,7 +88,8 @@ def _line_set(n: int = 4, size: int = 128, seed: int = 0):
 
 def test_auto_tiles_picks_tiling_for_thin_structures():
     images, labels = _line_set()
-    thin = segment(EchoQuery(64), images[0], list(images[1:]), list(labels[1:]), tiles="auto")
+    thin = segment(EchoQuery(64), images[0], list(images[1:]), list(labels[1:]), tiles="auto",
+                   threshold=0.5)
     assert thin.tiles == [2]
     assert thin.probabilities.shape == (1, 128, 128)
 

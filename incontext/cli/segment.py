@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run the model on G x G overlapping tiles of a G-times larger "
                         "image (3D: of every slice), for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
                         "whichever segments the supports best (default 1)")
-    p.add_argument("--threshold", type=threshold_value, default=0.5, metavar="T|auto",
-                   help="probability threshold for foreground (default 0.5); auto = chosen "
-                        "per label by segmenting supports from the others (2D queries)")
+    p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
+                   help="probability threshold for foreground; auto = chosen per label by "
+                        "segmenting supports from the others (default: auto for 2D images, "
+                        "0.5 for volumes)")
     p.add_argument("--modality", choices=("ct", "mr", "other"), default="other",
                    help="intensity normalisation: CT window, MR percentile clipping, or "
                         "min-max (default other)")

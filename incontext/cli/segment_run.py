@@ -79,7 +79,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--min-size must be >= 0, got {args.min_size}")
     if args.max_supports is not None and args.max_supports < 1:
         raise CLIError(f"--max-supports must be >= 1, got {args.max_supports}")
-    if args.threshold != "auto" and not 0 < args.threshold < 1:
+    if args.threshold not in (None, "auto") and not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must be in (0, 1) or auto, got {args.threshold}")
 
 
@@ -321,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "text", None):
         from incontext.text_segment import run_text_segmentation
 
+        if args.threshold == "auto":
+            raise CLIError("--threshold auto is for example-based segmentation; with --text "
+                           "give a number (default 0.5)")
+
         # without --model the shipped TextDriven model is used (registry.DEFAULT_TEXT_MODEL)
         args.images = list_image_files(args.query, "--query")
         if args.support or args.support_dir or args.support_index:
@@ -385,6 +389,8 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and args.threshold == "auto":
         raise CLIError("--threshold auto is for 2D images; give a number for volumes "
                        "(e.g. --threshold 0.5)")
+    if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
+        args.threshold = 0.5 if supports.ndim == 3 else "auto"
     model = _load_model(args.model)
     console = Console(stderr=True)
     results: list[FileResult] = []
