@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from incontext.metrics import dice
 
 # thresholds tried by ``threshold="auto"``
 THRESHOLD_GRID: tuple[float, ...] = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
@@ -40,14 +43,11 @@ class Calibration:
     checks: int = 0  # supports segmented from the others (0: too few supports, defaults kept)
 
 
-def dice_at(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per-image Dice of ``prob >= threshold`` against ``target >= 0.5``; (..., H, W) -> (...).
-    An empty prediction on an empty target scores 1."""
-    pred = prob >= threshold
-    truth = target >= 0.5
-    inter = (pred & truth).flatten(-2).sum(-1).float()
-    denom = (pred.flatten(-2).sum(-1) + truth.flatten(-2).sum(-1)).float()
-    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+def dice_at(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """Per-image Dice (:func:`incontext.metrics.dice`) of ``prob >= threshold`` against
+    ``target >= 0.5``; (K, H, W) -> (K,). An empty prediction on an empty target scores 1."""
+    return np.atleast_1d(dice((prob >= threshold).cpu().numpy(),
+                              (target >= 0.5).cpu().numpy()))
 
 
 def leave_one_out_checks(support_labels: torch.Tensor, max_checks: int, seed: int) -> list[int]:
@@ -80,8 +80,8 @@ def support_calibration(run: TiledPredict, support_images: torch.Tensor,
 
     support_images (S, H, W), support_labels (S, H, W) in [0, 1]. The default setting
     (fewest tiles, the threshold nearest 0.5) is kept unless another beats its mean
-    leave-one-out Dice by more than ``margin``; with fewer than 3 usable checks (too few
-    supports to judge) the default is returned unscored.
+    leave-one-out Dice by more than ``margin``; with fewer than 3 usable checks when
+    choosing a cut (1 for tiling alone) the default is returned unscored.
     """
     tile_options = sorted({int(g) for g in tile_options})
     thresholds = sorted({float(t) for t in thresholds})
@@ -91,8 +91,9 @@ def support_calibration(run: TiledPredict, support_images: torch.Tensor,
     if len(tile_options) == 1 and len(thresholds) == 1:
         return Calibration(*default)
     checks = leave_one_out_checks(support_labels, max_checks, seed)
-    if len(checks) < 3 and not (len(thresholds) == 1 and checks):
-        return Calibration(*default)  # a threshold needs a few supports to be judged
+    needed = 1 if len(thresholds) == 1 else 3  # a cut needs a few supports to be judged
+    if len(checks) < needed:
+        return Calibration(*default)
     targets = support_labels[checks]
     scores: dict[tuple[int, float], float] = {}
     for g in tile_options:

@@ -203,6 +203,8 @@ def segment(
     if not auto_threshold and not (isinstance(threshold, (int, float))
                                    and 0.0 < threshold < 1.0):
         raise SupportSetError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
+    # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
+    base_cut = 0.5 if auto_threshold else float(threshold)
     single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
     queries = _as_image_list(query, "query")
     s_images = _as_image_list(support_images, "support_images")
@@ -261,13 +263,13 @@ def segment(
         for li, value in enumerate(wanted):
             if value not in present:
                 chosen.append(options[0])
-                cuts.append(0.5 if auto_threshold else float(threshold))
+                cuts.append(base_cut)
                 continue  # probability stays 0
             soft = {g: torch.stack([resize_mask_soft(pad_to_square(
                 (lab == value).astype(np.float32)), sizes[g]) for lab in label_maps])
                 for g in options}
             g_lab = options[0]
-            t_lab = 0.5 if auto_threshold else float(threshold)
+            t_lab = base_cut
             first = torch.from_numpy(subsets[0])
             big = max(options)
             if auto_threshold:  # tiling and cut that best segment the supports
@@ -298,7 +300,7 @@ def segment(
         mask = np.zeros(shape, dtype=np.int64)
         if n_lab:
             best = prob.argmax(axis=0)
-            fg = prob.max(axis=0) >= (0.5 if auto_threshold else threshold)
+            fg = prob.max(axis=0) >= base_cut
             mask[fg] = np.asarray(wanted)[best[fg]]
         mask = mask.astype(_label_dtype(wanted))
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from incontext.calibration import dice_at, leave_one_out, leave_one_out_checks
+from incontext.calibration import support_calibration
 
 __all__ = ["TiledRunner", "choose_tiles", "predict_tiled", "resize_stack", "tile_origins",
            "tiled_size"]
@@ -120,13 +120,6 @@ def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor
     Returns (tiles, {tiles: mean Dice}); with fewer than 2 supports, (min(candidates), {}).
     """
     candidates = tuple(sorted(set(int(c) for c in candidates)))
-    checks = leave_one_out_checks(support_labels, max_checks, seed)
-    if not checks or len(candidates) == 1:
-        return candidates[0], {}
-    scores: dict[int, float] = {}
-    for g in candidates:
-        prob = leave_one_out(lambda q, si, sl, g=g: run(g, q, si, sl), support_images,
-                             support_labels, checks)
-        scores[g] = float(dice_at(prob, support_labels[checks]).mean())
-    best = max(candidates, key=lambda g: (round(scores[g], 6), -g))
-    return best, scores
+    cal = support_calibration(run, support_images, support_labels, candidates, (0.5,),
+                              max_checks=max_checks, margin=0.0, seed=seed)
+    return cal.tiles, {g: score for (g, _), score in cal.scores.items()}
