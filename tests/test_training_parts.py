@@ -90,6 +90,63 @@ def test_synthetic_source_rejects_bad_generator():
         SyntheticSource([1], 4, 16, generator=bad).sample(np.random.default_rng(0), 2)
 
 
+def test_synthetic_source_generates_only_the_subjects_an_episode_uses():
+    from data_recipes.synthetic import generate_synthetic_subject
+
+    calls = []
+
+    def counting(seed, index, size):
+        calls.append((seed, index))
+        return generate_synthetic_subject(seed, index, size)
+
+    src = SyntheticSource([3, 4], n_subjects=32, resolution=32, subject_generator=counting)
+    ep = src.sample(np.random.default_rng(1), support_size=3, n_queries=1)
+    used = {int(s.split("/")[1]) for s in ep.support_subjects + ep.query_subjects}
+    assert len(calls) == len(used) <= 4  # not the task's 32 subjects
+    seed, label = int(ep.task.split("/")[1]), int(ep.task.split("-")[-1])
+    for name, mask in zip(ep.support_subjects + ep.query_subjects,
+                          np.concatenate([ep.support_labels, ep.query_labels]), strict=True):
+        _, labels = generate_synthetic_subject(seed, int(name.split("/")[1]), 32)
+        np.testing.assert_array_equal(mask, labels == label)
+    # the label is shown by at least one of the episode's subjects
+    assert ep.support_labels.sum() + ep.query_labels.sum() > 0
+    # a cached subject is not generated again; results do not depend on the cache size
+    small = SyntheticSource([3, 4], 32, 32, cache_size=0, subject_generator=counting)
+    big = SyntheticSource([3, 4], 32, 32, cache_size=100, subject_generator=counting)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(4):
+        ea, eb = small.sample(a, 5), big.sample(b, 5)
+        assert ea.task == eb.task and np.array_equal(ea.support_images, eb.support_images)
+        assert np.array_equal(ea.query_labels, eb.query_labels)
+    assert len(small._subjects) == 0 and 0 < len(big._subjects) <= 100 * 32
+
+
+def test_synthetic_source_validation_uses_whole_tasks():
+    """Validation episodes are those of the whole-task generator, whatever the path."""
+    from data_recipes.synthetic import generate_synthetic_subject
+
+    lazy = SyntheticSource([7, 8], 6, 32, subject_generator=generate_synthetic_subject)
+    whole = SyntheticSource([7, 8], 6, 32, generator=generate_synthetic_task)
+    for a, b in zip(lazy.validation_episodes(3, 2, 2, seed=9),
+                    whole.validation_episodes(3, 2, 2, seed=9), strict=True):
+        assert a.task == b.task and np.array_equal(a.query_labels, b.query_labels)
+        assert np.array_equal(a.support_images, b.support_images)
+
+
+def test_synthetic_source_rejects_bad_subject_generator():
+    def wrong_shape(seed, index, size):
+        return np.zeros((size, size + 1), np.float32), np.ones((size, size + 1), np.int16)
+
+    def empty(seed, index, size):
+        return np.zeros((size, size), np.float32), np.zeros((size, size), np.int16)
+
+    with pytest.raises(SourceError, match=r"shapes \(16, 17\).*expected \(16, 16\)"):
+        SyntheticSource([1], 4, 16, subject_generator=wrong_shape).sample(
+            np.random.default_rng(0), 2)
+    with pytest.raises(SourceError, match="no foreground"):
+        SyntheticSource([1], 4, 16, subject_generator=empty).sample(np.random.default_rng(0), 2)
+
+
 class FakeTask:
     def __init__(self, name: str, dataset: str) -> None:
         self.name, self.dataset = name, dataset

@@ -129,8 +129,9 @@ def build_sources(config: TrainConfig, index: Any = None,
                           ratio * (1.0 - thin)))
         if thin > 0:
             parts.append((SyntheticSource([s + THIN_SEED_OFFSET for s in train_seeds],
-                                          d.synthetic_subjects, res, _thin_generator(),
-                                          d.synthetic_cache, name="synthetic-thin"),
+                                          d.synthetic_subjects, res, cache_size=d.synthetic_cache,
+                                          name="synthetic-thin",
+                                          subject_generator=_thin_subject_generator()),
                           ratio * thin))
         if val_seeds:
             held = SyntheticSource(val_seeds, d.synthetic_subjects, res, synthetic_generator,
@@ -142,17 +143,17 @@ def build_sources(config: TrainConfig, index: Any = None,
         _, thin_val = synthetic_seeds(d.synthetic_seed, d.synthetic_tasks,
                                       d.synthetic_thin_val_tasks)
         held = SyntheticSource([s + THIN_SEED_OFFSET for s in thin_val], d.synthetic_subjects,
-                               res, _thin_generator(), cache_size=len(thin_val),
-                               name="synthetic-thin-heldout")
+                               res, cache_size=len(thin_val), name="synthetic-thin-heldout",
+                               subject_generator=_thin_subject_generator())
         val += held.validation_episodes(d.val_support_size, d.val_queries,
                                         d.val_episodes_per_task, d.val_seed)
     return MixedSource(parts), val
 
 
-def _thin_generator() -> SyntheticGenerator:
-    from data_recipes.synthetic_thin import generate_thin_task
+def _thin_subject_generator() -> SyntheticGenerator:
+    from data_recipes.synthetic_thin import generate_thin_subject
 
-    return generate_thin_task
+    return generate_thin_subject
 
 
 def collate(episodes: Sequence[Episode], device: torch.device,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,24 +80,81 @@ def _pick_subjects(rng: np.random.Generator, n: int, support_size: int,
 class SyntheticSource:
     """Synthetic tasks generated on the fly from integer task seeds.
 
-    ``generator(task_seed, n_subjects, size) -> (images (N,size,size) float32 in
-    [0,1], label maps (N,size,size) int)``; defaults to
-    ``data_recipes.synthetic.generate_synthetic_task``. Generated tasks are kept
-    in an LRU cache of ``cache_size`` tasks (results never depend on the cache).
+    Subjects come from ``subject_generator(task_seed, index, size) -> (image
+    (size,size) float32 in [0,1], label map (size,size) int)`` (default
+    ``data_recipes.synthetic.generate_synthetic_subject``), or, for a custom
+    whole-task ``generator(task_seed, n_subjects, size) -> (images (N,size,size),
+    label maps (N,size,size))``, from that.
+
+    With a subject generator a training episode generates only the subjects it
+    uses (support + queries, LRU-cached, ``cache_size`` tasks' worth) and its label
+    is one present in them; validation episodes always use the whole task (label
+    drawn from the task's label map), so they do not change with the path.
+    Results never depend on the cache size.
     """
 
     def __init__(self, task_seeds: Sequence[int], n_subjects: int, resolution: int,
                  generator: SyntheticGenerator | None = None, cache_size: int = 256,
-                 name: str = "synthetic") -> None:
+                 name: str = "synthetic",
+                 subject_generator: SyntheticGenerator | None = None) -> None:
         if not task_seeds:
             raise SourceError(f"{name}: no synthetic task seeds")
         self.task_seeds = [int(s) for s in task_seeds]
         self.n_subjects = n_subjects
         self.resolution = resolution
-        self.generator = generator or _default_generator()
+        if generator is None and subject_generator is None:
+            subject_generator = _default_subject_generator()
+        self.subject_generator = subject_generator
+        self.generator = generator or partial(_stack_subjects, subject_generator)
         self.cache_size = cache_size
         self.name = name
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._subjects: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] \
+            = OrderedDict()
+
+    def _subject(self, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image, label map, nonzero labels present) of one subject, LRU-cached."""
+        key = (seed, index)
+        if key in self._subjects:
+            self._subjects.move_to_end(key)
+            return self._subjects[key]
+        image, labels = self.subject_generator(seed, index, self.resolution)
+        image, labels = np.asarray(image, dtype=np.float32), np.asarray(labels)
+        expected = (self.resolution, self.resolution)
+        if image.shape != expected or labels.shape != expected:
+            raise SourceError(f"{self.name}: subject generator returned shapes {image.shape}, "
+                              f"{labels.shape} for task seed {seed}, subject {index}; "
+                              f"expected {expected}")
+        present = np.unique(labels)
+        entry = (image, labels, present[present != 0])
+        self._subjects[key] = entry
+        while len(self._subjects) > self.cache_size * self.n_subjects:
+            self._subjects.popitem(last=False)
+        return entry
+
+    def _lazy_episode(self, rng: np.random.Generator, seed: int, support_size: int,
+                      n_queries: int) -> Episode:
+        support, queries = _pick_subjects(rng, self.n_subjects, support_size, n_queries)
+        subjects = {int(i): self._subject(seed, int(i))
+                    for i in np.concatenate([support, queries])}
+        labels = np.unique(np.concatenate([s[2] for s in subjects.values()]))
+        if labels.size == 0:
+            raise SourceError(f"{self.name}: task seed {seed} shows no foreground label in "
+                              f"subjects {sorted(subjects)}")
+        label = labels[int(rng.integers(len(labels)))]
+
+        def stack(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            images = np.stack([subjects[int(i)][0] for i in which])
+            binary = np.stack([subjects[int(i)][1] == label for i in which])
+            return images, binary.astype(np.float32)
+
+        (si, sl), (qi, ql) = stack(support), stack(queries)
+        return Episode(
+            task=f"{self.name}/{seed}/label-{int(label)}", dataset=self.name,
+            support_images=si, support_labels=sl, query_images=qi, query_labels=ql,
+            support_subjects=[f"{seed}/{i}" for i in support],
+            query_subjects=[f"{seed}/{i}" for i in queries],
+        )
 
     def _task(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if seed in self._cache:
@@ -135,6 +193,8 @@ class SyntheticSource:
 
     def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
         seed = self.task_seeds[int(rng.integers(len(self.task_seeds)))]
+        if self.subject_generator is not None:
+            return self._lazy_episode(rng, seed, support_size, n_queries)
         return self._episode(rng, seed, support_size, n_queries)
 
     def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
@@ -145,13 +205,21 @@ class SyntheticSource:
                 for s in seeds for _ in range(episodes_per_task)]
 
 
-def _default_generator() -> SyntheticGenerator:
+def _default_subject_generator() -> SyntheticGenerator:
     try:
-        from data_recipes.synthetic import generate_synthetic_task
+        from data_recipes.synthetic import generate_synthetic_subject
     except ImportError as exc:
-        raise SourceError("synthetic tasks need data_recipes.synthetic.generate_synthetic_task, "
+        raise SourceError("synthetic tasks need data_recipes.synthetic.generate_synthetic_subject, "
                           f"which could not be imported: {exc}") from None
-    return generate_synthetic_task
+    return generate_synthetic_subject
+
+
+def _stack_subjects(make_subject: SyntheticGenerator, task_seed: int, n_subjects: int,
+                    size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole task from a subject generator (the same arrays as the recipes' task functions)."""
+    from data_recipes.synthetic import stack_subjects
+
+    return stack_subjects(make_subject, task_seed, n_subjects, size)
 
 
 def synthetic_seeds(base_seed: int, n_train: int, n_val: int) -> tuple[list[int], list[int]]:
