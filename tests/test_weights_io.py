@@ -86,3 +86,15 @@ def test_registry():
         load_model("no-such-model")
     with pytest.raises(WeightsError, match="path="):
         load_model("universeg-v1")
+
+
+def test_every_shipped_model_loads_with_its_registered_config():
+    from incontext.models.registry import REGISTRY, WEIGHTS_DIR
+
+    shipped = [name for name in available_models() if REGISTRY[name].weights]
+    assert "incontext-universeg-w64-vessels" in shipped
+    for name in shipped:
+        path = WEIGHTS_DIR / REGISTRY[name].weights
+        assert path.stat().st_size <= 20 * 1024 * 1024, name
+        model = load_model(name)
+        assert model.config == REGISTRY[name].config, name

@@ -30,7 +30,7 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-DEFAULT_MODEL: str | None = "incontext-universeg-w64-vessels"  # see MODEL_CARD.md
+DEFAULT_MODEL: str | None = "incontext-universeg-s128-vessels"  # see MODEL_CARD.md
 DEFAULT_TEXT_MODEL: str | None = "text-driven-minilm"  # for --text; see docs/text-driven.md
 
 
@@ -82,9 +82,9 @@ register(ModelSpec(
     name="incontext-universeg-s128-vessels",
     config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
     weights="incontext-universeg-s128-vessels.safetensors",
-    description="UniverSeg, 4 blocks x 32 features, 128x128; incontext-universeg-s128-thin "
-                "fine-tuned on 2 CPU cores with pseudo-labelled retinal vessels on real fundus "
-                "photos added; the previous default, about 4x faster than it (MODEL_CARD.md)",
+    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
+                "incontext-universeg-s128-thin fine-tuned on 2 CPU cores with pseudo-labelled "
+                "retinal vessels on real fundus photos added (MODEL_CARD.md)",
 ))
 
 
@@ -92,9 +92,10 @@ register(ModelSpec(
     name="incontext-universeg-w64-vessels",
     config=UniverSegConfig(encoder_widths=(64, 64, 64, 64), resolution=128),
     weights="incontext-universeg-w64-vessels.safetensors",
-    description="Default model: UniverSeg at the published width, 4 blocks x 64 features, "
-                "128x128; trained on one H200 with thin synthetic tasks and pseudo-labelled "
-                "retinal vessels added (MODEL_CARD.md)",
+    description="UniverSeg at the published width, 4 blocks x 64 features, 128x128, "
+                "trained on one H200 with thin synthetic tasks and pseudo-labelled retinal "
+                "vessels; best training-pool validation, but below the default on the demo "
+                "and held-out tasks and 3x slower on a CPU (MODEL_CARD.md)",
 ))
 
 
