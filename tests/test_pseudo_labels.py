@@ -99,6 +99,10 @@ def test_drions_vessels_recipe_builds_an_index(tmp_path):
     assert images.shape[1:] == (64, 64)
     share = labels.reshape(len(labels), -1).mean(axis=1)
     assert (share > 0.01).all() and (share < 0.2).all()
+    # model selection leaves pseudo-labelled datasets out of the "manual labels" mean
+    from incontext.training.validate import manually_labelled
+
+    assert manually_labelled(index) == []
 
 
 def test_drions_vessels_recipe_names_an_unreadable_photo(tmp_path):

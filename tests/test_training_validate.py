@@ -9,7 +9,12 @@ from test_training_engine import tiny_config
 
 from incontext.cli.train import main as train_cli
 from incontext.training import ConfigError, config_from_dict, config_to_toml, train
-from incontext.training.validate import load_candidate, validate_weights
+from incontext.training.validate import (
+    load_candidate,
+    manually_labelled,
+    real_dataset_mean,
+    validate_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +35,7 @@ def test_reproduces_the_runs_own_validation(trained):
     assert last["model"] == str(run / "last")
     assert last["val_dice"] == pytest.approx(recorded[6], abs=1e-6)
     assert set(last["per_dataset"]) == {"synthetic-heldout"} and last["n_tasks"] == 2
+    assert last["real_dice"] is None  # no index: no manually labelled dataset
 
 
 def test_weights_file_and_directory_agree_and_differ_from_another_model(trained):
@@ -69,3 +75,21 @@ def test_clear_errors(trained, tmp_path, capsys):
     assert train_cli(["--config", str(config_file), "--validate", str(run / "last"),
                       "--out", str(tmp_path / "r")]) == 2
     assert "trains nothing" in capsys.readouterr().err
+
+
+class _Index:
+    datasets = ["busi", "drions_vessels", "jsrt", "old"]
+
+    def dataset_attrs(self, name):
+        return {"busi": {"extra": "{}"},
+                "drions_vessels": {"extra": json.dumps({"pseudo_labels": "top-hat"})},
+                "jsrt": {"extra": "not json"},  # unreadable: treated as manual
+                "old": {}}[name]  # indexes written before "extra" existed
+
+
+def test_manual_label_mean_leaves_out_pseudo_and_synthetic_datasets():
+    real = manually_labelled(_Index())
+    assert real == ["busi", "jsrt", "old"]
+    scores = {"busi": 0.4, "drions_vessels": 0.9, "jsrt": 0.6, "synthetic-heldout": 0.95}
+    assert real_dataset_mean(scores, real) == pytest.approx(0.5)
+    assert real_dataset_mean({"synthetic-heldout": 0.9}, real) is None

@@ -41,13 +41,37 @@ def load_candidate(spec: str | Path) -> torch.nn.Module:
                             f"registered model ({', '.join(available_models())})")
 
 
+def manually_labelled(index: Any) -> list[str]:
+    """The datasets of a task index whose masks are manual annotations: every dataset
+    except those whose recipe marks them as pseudo-labelled (``extra["pseudo_labels"]``)."""
+    keep = []
+    for name in index.datasets:
+        extra = index.dataset_attrs(name).get("extra", "{}")
+        try:
+            extra = json.loads(extra) if isinstance(extra, (str, bytes)) else dict(extra)
+        except (TypeError, ValueError):
+            extra = {}
+        if "pseudo_labels" not in extra:
+            keep.append(name)
+    return keep
+
+
+def real_dataset_mean(per_dataset: dict[str, float], datasets: Sequence[str]) -> float | None:
+    """Mean of the per-dataset Dice over ``datasets`` (those present); None if none is."""
+    values = [per_dataset[d] for d in datasets if d in per_dataset]
+    return float(sum(values) / len(values)) if values else None
+
+
 def validate_weights(config: TrainConfig | str | Path, candidates: Sequence[str | Path],
                      indexes: Sequence[str | Path] = (), *, index: Any = None,
                      device: str | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Validation Dice of each candidate on ``config``'s validation episodes.
 
     Returns one dict per candidate: ``model`` (as given), ``val_dice`` (mean over
-    tasks, the number runs select on), ``per_dataset``, ``per_task``, ``n_tasks``.
+    tasks, the number runs select on), ``real_dice`` (mean over the manually labelled
+    index datasets, without synthetic and pseudo-labelled ones; None without an index:
+    the number a new default must also win, MODEL_CARD.md), ``per_dataset``,
+    ``per_task``, ``n_tasks``.
     Models run at the config's resolution, whatever resolution they were trained at.
     """
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
@@ -64,11 +88,13 @@ def validate_weights(config: TrainConfig | str | Path, candidates: Sequence[str 
     if not episodes:
         raise ConfigError("the config has no validation episodes (no index val split and "
                           "data.synthetic_val_tasks = 0)")
+    real = manually_labelled(index) if index is not None else []
     dev = resolve_device(device or cfg.run.device)
     results = []
     for spec, model in _progress(list(zip(candidates, models, strict=True)), progress):
         scores = evaluate(model.to(dev), episodes, dev)
-        results.append({"model": str(spec), **scores})
+        results.append({"model": str(spec), "val_dice": scores["val_dice"],
+                        "real_dice": real_dataset_mean(scores["per_dataset"], real), **scores})
     return results
 
 
@@ -89,7 +115,7 @@ def print_validation(results: Sequence[dict[str, Any]]) -> None:
 
     names = sorted({d for r in results for d in r["per_dataset"]})
     console = Console()
-    needed = max(len(n) for n in [*names, "val Dice"]) + 9 * len(results) + 4
+    needed = max(len(n) for n in [*names, "manually labelled datasets"]) + 9 * len(results) + 4
     if needed > console.width:  # never squeeze the numbers into "0.…"
         console = Console(width=needed)
     for i, r in enumerate(results, 1):
@@ -100,6 +126,10 @@ def print_validation(results: Sequence[dict[str, Any]]) -> None:
     for i, r in enumerate(results, 1):
         table.add_column(f"{i}" + (" *" if r["val_dice"] == best else ""), justify="right")
     table.add_row("val Dice", *(f"{100 * r['val_dice']:.1f}" for r in results))
+    if any(r.get("real_dice") is not None for r in results):
+        table.add_row("manually labelled datasets",
+                      *(f"{100 * r['real_dice']:.1f}" if r.get("real_dice") is not None
+                        else "-" for r in results), end_section=True)
     for d in names:
         table.add_row(d, *(f"{100 * r['per_dataset'][d]:.1f}" if d in r["per_dataset"] else "-"
                            for r in results))
