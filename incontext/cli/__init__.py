@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from incontext import __version__
 
@@ -21,32 +23,29 @@ class CLIError(Exception):
     """An error to show the user as one clear line (no traceback)."""
 
 
-def tiles_value(text: str) -> int | str:
-    """``--tiles`` / ``--model-tiles``: a positive integer or ``auto``."""
+def _number_or_auto(text: str, convert: type, valid: Callable[[Any], bool], what: str,
+                    bound: str) -> Any:
+    """``auto`` or ``convert(text)`` when ``valid``; else an argparse error naming the rule."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 or 'auto'"
-                                         ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: give {what} or 'auto'") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
     return value
+
+
+def tiles_value(text: str) -> int | str:
+    """``--tiles`` / ``--model-tiles``: a positive integer or ``auto``."""
+    return _number_or_auto(text, int, lambda v: v >= 1, "a whole number >= 1", ">= 1")
 
 
 def threshold_value(text: str) -> float | str:
     """``--threshold`` / ``--model-threshold``: a number in (0, 1) or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number in (0, 1) or 'auto'"
-                                         ) from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be in (0, 1)")
-    return value
+    return _number_or_auto(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)",
+                           "in (0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

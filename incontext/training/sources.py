@@ -142,10 +142,17 @@ class SyntheticSource:
             raise SourceError(f"{self.name}: task seed {seed} shows no foreground label in "
                               f"subjects {sorted(subjects)}")
         label = labels[int(rng.integers(len(labels)))]
+        return self._binary_episode(seed, label, support, queries,
+                                    lambda i: subjects[int(i)][0], lambda i: subjects[int(i)][1])
+
+    def _binary_episode(self, seed: int, label: int, support: np.ndarray, queries: np.ndarray,
+                        image_of: Callable[[int], np.ndarray],
+                        map_of: Callable[[int], np.ndarray]) -> Episode:
+        """The episode "segment ``label``" of task ``seed`` on the given subject indices."""
 
         def stack(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            images = np.stack([subjects[int(i)][0] for i in which])
-            binary = np.stack([subjects[int(i)][1] == label for i in which])
+            images = np.stack([image_of(i) for i in which])
+            binary = np.stack([map_of(i) == label for i in which])
             return images, binary.astype(np.float32)
 
         (si, sl), (qi, ql) = stack(support), stack(queries)
@@ -182,14 +189,8 @@ class SyntheticSource:
         images, maps, labels = self._task(seed)
         label = labels[int(rng.integers(len(labels)))]
         support, queries = _pick_subjects(rng, len(images), support_size, n_queries)
-        binary = (maps == label).astype(np.float32)
-        return Episode(
-            task=f"{self.name}/{seed}/label-{int(label)}", dataset=self.name,
-            support_images=images[support], support_labels=binary[support],
-            query_images=images[queries], query_labels=binary[queries],
-            support_subjects=[f"{seed}/{i}" for i in support],
-            query_subjects=[f"{seed}/{i}" for i in queries],
-        )
+        return self._binary_episode(seed, label, support, queries, images.__getitem__,
+                                    maps.__getitem__)
 
     def sample(self, rng: np.random.Generator, support_size: int, n_queries: int = 1) -> Episode:
         seed = self.task_seeds[int(rng.integers(len(self.task_seeds)))]

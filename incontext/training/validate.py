@@ -93,8 +93,8 @@ def validate_weights(config: TrainConfig | str | Path, candidates: Sequence[str 
     results = []
     for spec, model in _progress(list(zip(candidates, models, strict=True)), progress):
         scores = evaluate(model.to(dev), episodes, dev)
-        results.append({"model": str(spec), "val_dice": scores["val_dice"],
-                        "real_dice": real_dataset_mean(scores["per_dataset"], real), **scores})
+        results.append({"model": str(spec), **scores,
+                        "real_dice": real_dataset_mean(scores["per_dataset"], real)})
     return results
 
 
