@@ -28,6 +28,7 @@ from incontext.preprocessing import (
     to_grayscale,
 )
 from incontext.tiling import TiledRunner, choose_tiles, resize_stack, tiled_size
+from incontext.tta import check_tta, with_tta
 
 ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_SUPPORT_SIZE = 64
@@ -139,22 +140,29 @@ def _model_resolution(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, queries: torch.Tensor, support_images: torch.Tensor,
-                          support_labels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+                          support_labels: torch.Tensor, batch_size: int = 8,
+                          tta: int = 1) -> torch.Tensor:
     """Sigmoid probabilities at model resolution.
 
     queries (Q,H,W), support_images/labels (S,H,W) -> (Q,H,W); queries are run in
-    batches of ``batch_size`` against the same support set.
+    batches of ``batch_size`` against the same support set. ``tta`` > 1 averages over
+    flipped and rotated copies of the whole task (:mod:`incontext.tta`).
     """
     device = next(model.parameters()).device
-    s_img = support_images.to(device)[None, :, None]
-    s_lab = support_labels.to(device)[None, :, None]
-    outs = []
-    for start in range(0, queries.shape[0], batch_size):
-        q = queries[start:start + batch_size].to(device)[:, None]
-        b = q.shape[0]
-        logits = model(q, s_img.expand(b, -1, -1, -1, -1), s_lab.expand(b, -1, -1, -1, -1))
-        outs.append(torch.sigmoid(logits[:, 0].float()).cpu())
-    return torch.cat(outs)
+
+    def once(qs: torch.Tensor, si: torch.Tensor, sl: torch.Tensor) -> torch.Tensor:
+        s_img = si.to(device)[None, :, None]
+        s_lab = sl.to(device)[None, :, None]
+        outs = []
+        for start in range(0, qs.shape[0], batch_size):
+            q = qs[start:start + batch_size].to(device)[:, None]
+            b = q.shape[0]
+            logits = model(q, s_img.expand(b, -1, -1, -1, -1),
+                           s_lab.expand(b, -1, -1, -1, -1))
+            outs.append(torch.sigmoid(logits[:, 0].float()).cpu())
+        return torch.cat(outs)
+
+    return with_tta(once, tta)(queries, support_images, support_labels)
 
 
 def segment(
@@ -173,6 +181,7 @@ def segment(
     window: Sequence[float] | None = None,
     supports_normalized: bool = False,
     tiles: int | str = 1,
+    tta: int = 1,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -193,6 +202,8 @@ def segment(
     :data:`incontext.calibration.THRESHOLD_GRID` (jointly with the tiling when both are
     auto); thin structures often need a cut below 0.5; with fewer than 3 labelled
     supports it stays 0.5. A number fixes the cut. ``Segmentation.thresholds`` says which.
+    ``tta`` (1, 2, 4 or 8) averages every prediction over that many flipped and rotated
+    copies of the whole task (:mod:`incontext.tta`), at ``tta`` times the cost.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
@@ -203,6 +214,10 @@ def segment(
     if not auto_threshold and not (isinstance(threshold, (int, float))
                                    and 0.0 < threshold < 1.0):
         raise SupportSetError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
+    try:
+        check_tta(tta)
+    except ValueError as exc:
+        raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
     base_cut = 0.5 if auto_threshold else float(threshold)
     single = isinstance(query, (np.ndarray, torch.Tensor)) and _is_single_image(_to_numpy(query))
@@ -249,8 +264,8 @@ def segment(
     k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
 
-    run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c,
-                                                            batch_size=batch_size), resolution)
+    run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
+                                                            tta=tta), resolution)
 
     n_lab = len(wanted)
     n_q = len(queries)

@@ -50,6 +50,7 @@ from incontext.preprocessing import (
     resize_probabilities,
 )
 from incontext.tiling import TiledRunner, choose_tiles, tiled_size
+from incontext.tta import TTA_CHOICES
 
 ANISOTROPY_RATIO = 1.1
 # Support slices per query slice. Every query slice costs one model pass per support
@@ -161,7 +162,7 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
                   value: int, axis: int, *, size: int, support_size: int, ensemble: int,
                   seed: int, batch_size: int, image_caches: dict,
                   progress: Callable[[int], None] | None, tiles: int | str = 1,
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
+                  tta: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """(mean, var) probability volumes (X, Y, Z) for one label along one axis, and the
     tiling used (``tiles="auto"``: chosen on the first group's support slices)."""
     n_q = query.shape[axis]
@@ -190,8 +191,8 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
     slice_shape = tuple(s for a, s in enumerate(query.shape) if a != axis)
     mean_view = np.moveaxis(mean, axis, 0)
     var_view = np.moveaxis(var, axis, 0)
-    runner = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size),
-                         size)
+    runner = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size,
+                                                               tta=tta), size)
 
     def supports_at(pool: tuple, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.stack([image_caches.setdefault((v, axis, width), _SliceCache(
@@ -246,6 +247,7 @@ def segment_volume(
     spacings: Sequence[Sequence[float] | None] | None = None,
     progress: Callable[[int], None] | None = None,
     tiles: int | str = 1,
+    tta: int = 1,
 ) -> VolumeSegmentation:
     """Segment a 3D ``query`` from labeled support volumes, slice by slice.
 
@@ -257,7 +259,10 @@ def segment_volume(
     default axis). progress(n) is called as query slices finish
     (total = :func:`slice_steps`). tiles: 1, g > 1 or "auto", as in
     :func:`incontext.segment`, per slice (``VolumeSegmentation.tiles`` says what was used).
+    tta: 1, 2, 4 or 8 flipped/rotated copies of each slice task, averaged (:mod:`incontext.tta`).
     """
+    if tta not in TTA_CHOICES or isinstance(tta, bool):
+        raise VolumeError(f"tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {tta!r}")
     if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
         raise VolumeError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
     if planes not in (1, 3):
@@ -317,7 +322,8 @@ def segment_volume(
             per_axis = [_segment_axis(model, q_norm, supports, value, ax, size=size,
                                       support_size=k, ensemble=ensemble, seed=seed,
                                       batch_size=batch_size, image_caches=caches,
-                                      progress=progress, tiles=tiles) for ax in axes]
+                                      progress=progress, tiles=tiles, tta=tta)
+                        for ax in axes]
             chosen.append(tuple(g for _, _, g in per_axis))
             means = np.stack([m for m, _, _ in per_axis])
             prob[li] = means.mean(axis=0)

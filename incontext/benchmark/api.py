@@ -74,6 +74,7 @@ def run_benchmark(
     methods: Sequence[Any] = (),
     model_tiles: int | str = 1,
     model_threshold: float | str = 0.5,
+    model_tta: int = 1,
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -89,6 +90,8 @@ def run_benchmark(
     named ``<model>-tiles<g>``. ``model_threshold`` other than 0.5 cuts the model's
     probabilities there (``"auto"``: chosen per task and draw on the supports,
     :mod:`incontext.calibration`); rows named ``<model>-thr-auto`` / ``-thr<t>``.
+    ``model_tta`` > 1 averages the model over flipped/rotated copies of each task
+    (:mod:`incontext.tta`); rows named ``<model>-...-tta<n>``.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -111,7 +114,7 @@ def run_benchmark(
     notes: list[str] = []
     all_methods: list[Any] = []
     model_method, note = load_model_method(model, tiles=model_tiles,
-                                           threshold=model_threshold)
+                                           threshold=model_threshold, tta=model_tta)
     if note:
         notes.append(note)
         if progress:

@@ -27,6 +27,7 @@ from incontext.baselines import BASELINES, get_baseline
 from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
 from incontext.inference import predict_probabilities
 from incontext.tiling import choose_tiles, predict_tiled, resize_stack
+from incontext.tta import check_tta
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -51,7 +52,8 @@ class ModelMethod:
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
                  batch_size: int = 8, tiles: int | str = 1,
-                 threshold: float | str = 0.5) -> None:
+                 threshold: float | str = 0.5, tta: int = 1) -> None:
+        check_tta(tta)
         if not (tiles == "auto" or (isinstance(tiles, int) and tiles >= 1)):
             raise ValueError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
         if not (threshold == "auto" or (isinstance(threshold, (int, float))
@@ -61,6 +63,9 @@ class ModelMethod:
         self.name = name if tiles == 1 else f"{name}-tiles{'-auto' if tiles == 'auto' else tiles}"
         if threshold != 0.5:
             self.name += "-thr-auto" if threshold == "auto" else f"-thr{float(threshold):g}"
+        if tta != 1:
+            self.name += f"-tta{tta}"
+        self.tta = tta
         self.threshold = threshold
         self.source = source
         self.batch_size = int(batch_size)
@@ -79,7 +84,7 @@ class ModelMethod:
 
         def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
             return predict_probabilities(self.model, q, s_img, s_lab,
-                                         batch_size=self.batch_size)
+                                         batch_size=self.batch_size, tta=self.tta)
 
         prob = run(qi, si, sl) if tiles == 1 else predict_tiled(run, qi, si, sl,
                                                                  self.resolution)
@@ -118,6 +123,8 @@ class ModelMethod:
             info["tiles"] = self.tiles
         if self.threshold != 0.5:  # likewise
             info["threshold"] = self.threshold
+        if self.tta != 1:  # likewise
+            info["tta"] = self.tta
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -158,7 +165,8 @@ def make_baselines(names: Sequence[str],
 
 
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
-                      threshold: float | str = 0.5) -> tuple[ModelMethod | None, str | None]:
+                      threshold: float | str = 0.5,
+                      tta: int = 1) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -169,7 +177,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
-                           tiles=tiles, threshold=threshold), None
+                           tiles=tiles, threshold=threshold, tta=tta), None
     if model is None:
         try:
             loaded = load_model()
@@ -179,10 +187,10 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
         return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
                            source=str(registry.DEFAULT_MODEL), tiles=tiles,
-                           threshold=threshold), None
+                           threshold=threshold, tta=tta), None
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
     loaded = load_model(text)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
-    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold), None
+    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold, tta=tta), None

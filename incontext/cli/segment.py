@@ -15,6 +15,7 @@ import argparse
 from incontext.cli import threshold_value, tiles_value
 from incontext.cli.text_options import add_text_arguments
 from incontext.ct_windows import CT_WINDOWS
+from incontext.tta import TTA_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run the model on G x G overlapping tiles of a G-times larger "
                         "image (3D: of every slice), for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
                         "whichever segments the supports best (default 1)")
+    p.add_argument("--tta", type=int, choices=TTA_CHOICES, default=1, metavar="N",
+                   help="average over N flipped/rotated copies of the task (1, 2, 4 or 8; "
+                        "N times the cost; default 1)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (default: auto for 2D images, "

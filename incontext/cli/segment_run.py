@@ -432,7 +432,8 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                      ensemble=args.ensemble, support_size=args.support_size,
                      threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
                      labels=wanted, modality=args.modality, window=window,
-                     supports_normalized=supports.normalized, tiles=args.tiles)
+                     supports_normalized=supports.normalized, tiles=args.tiles,
+                     tta=args.tta)
     return result.mask, result.uncertainty
 
 
@@ -449,7 +450,7 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
         model, query.data, supports.images, supports.labels, labels=wanted, axis=axis,
         planes=args.planes, ensemble=args.ensemble, support_size=args.support_size,
         threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-        modality=args.modality, window=window, tiles=args.tiles,
+        modality=args.modality, window=window, tiles=args.tiles, tta=args.tta,
         progress=lambda n: progress.advance(task, n))
     return result.mask, result.uncertainty, total // max(len(wanted), 1), axes
 
