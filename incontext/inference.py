@@ -27,7 +27,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
-from incontext.tiling import TiledRunner, choose_tiles, resize_stack, tiled_size
+from incontext.tiling import TiledRunner, choose_tiles, resize_stack, tile_options, tiled_size
 from incontext.tta import check_tta, with_tta
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -252,7 +252,7 @@ def segment(
                       stacklevel=2)
 
     resolution = _model_resolution(model)
-    options = (1, 2) if tiles == "auto" else (tiles,)
+    options = tile_options(tiles)
     sizes = {g: tiled_size(resolution, g) for g in options}  # working sizes
     q_by = {g: torch.from_numpy(_prepare_images(queries, sizes[g], "query", modality, window))
             for g in options}

@@ -19,8 +19,15 @@ import torch.nn.functional as F
 
 from incontext.calibration import support_calibration
 
-__all__ = ["TiledRunner", "choose_tiles", "predict_tiled", "resize_stack", "tile_origins",
-           "tiled_size"]
+__all__ = ["AUTO_TILES", "TiledRunner", "choose_tiles", "predict_tiled", "resize_stack",
+           "tile_options", "tile_origins", "tiled_size"]
+
+AUTO_TILES = (1, 2)  # what ``tiles="auto"`` chooses between
+
+
+def tile_options(tiles: int | str) -> tuple[int, ...]:
+    """The tilings to consider: :data:`AUTO_TILES` for ``"auto"``, else ``(tiles,)``."""
+    return AUTO_TILES if tiles == "auto" else (int(tiles),)
 
 
 def tiled_size(resolution: int, tiles: int) -> int:
@@ -109,7 +116,7 @@ def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 
 
 def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor,
-                 candidates: tuple[int, ...] = (1, 2), max_checks: int = 4, seed: int = 0
+                 candidates: tuple[int, ...] = AUTO_TILES, max_checks: int = 4, seed: int = 0
                  ) -> tuple[int, dict[int, float]]:
     """Pick the tiling that segments the support set itself best (leave-one-out).
 

@@ -49,7 +49,7 @@ from incontext.preprocessing import (
     resize_mask_soft,
     resize_probabilities,
 )
-from incontext.tiling import TiledRunner, choose_tiles, tiled_size
+from incontext.tiling import TiledRunner, choose_tiles, tile_options, tiled_size
 from incontext.tta import TTA_CHOICES
 
 ANISOTROPY_RATIO = 1.1
@@ -173,7 +173,7 @@ def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.
             usable.append((v, extent))
     mean = np.zeros(query.shape, dtype=np.float32)
     var = np.zeros(query.shape, dtype=np.float32)
-    options = (1, 2) if tiles == "auto" else (int(tiles),)
+    options = tile_options(tiles)
     if not usable:
         if progress:
             progress(n_q)

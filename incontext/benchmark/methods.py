@@ -26,7 +26,7 @@ from torch import nn
 from incontext.baselines import BASELINES, get_baseline
 from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
 from incontext.inference import predict_probabilities
-from incontext.tiling import choose_tiles, predict_tiled, resize_stack
+from incontext.tiling import choose_tiles, predict_tiled, resize_stack, tile_options
 from incontext.tta import check_tta
 
 
@@ -98,12 +98,12 @@ class ModelMethod:
         qi = torch.from_numpy(np.ascontiguousarray(query_images, np.float32))
         tiles, threshold = self.tiles, self.threshold
         if threshold == "auto":
-            options = (1, 2) if tiles == "auto" else (int(tiles),)
-            cal = support_calibration(self._run, si, sl, options, THRESHOLD_GRID, seed=seed)
+            cal = support_calibration(self._run, si, sl, tile_options(tiles), THRESHOLD_GRID,
+                                      seed=seed)
             tiles, threshold = cal.tiles, cal.threshold
             self.chosen_thresholds.append(threshold)
         elif tiles == "auto":
-            tiles, _ = choose_tiles(self._run, si, sl, (1, 2), seed=seed)
+            tiles, _ = choose_tiles(self._run, si, sl, seed=seed)
         if self.tiles == "auto":
             self.chosen_tiles.append(int(tiles))
         prob = self._run(int(tiles), qi, si, sl).clamp(0, 1)
