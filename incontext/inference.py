@@ -27,7 +27,14 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
-from incontext.tiling import TiledRunner, choose_tiles, resize_stack, tile_options, tiled_size
+from incontext.tiling import (
+    TiledRunner,
+    check_tiles,
+    choose_tiles,
+    resize_stack,
+    tile_options,
+    tiled_size,
+)
 from incontext.tta import check_tta, with_tta
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -197,7 +204,8 @@ def segment(
     overlapping tiles of a ``tiles``-times larger image (:mod:`incontext.tiling`), for
     structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
     ``tiles="auto"`` picks 1 or 2 per label by segmenting a few supports from the others
-    (:func:`incontext.tiling.choose_tiles`); ``Segmentation.tiles`` says what was used.
+    (:func:`incontext.tiling.choose_tiles`), ``"auto3"`` 1, 2 or 3; ``Segmentation.tiles``
+    says what was used.
     ``threshold="auto"`` (the default) picks the foreground cut per label the same way, from
     :data:`incontext.calibration.THRESHOLD_GRID` (jointly with the tiling when both are
     auto); thin structures often need a cut below 0.5; with fewer than 3 labelled
@@ -208,8 +216,10 @@ def segment(
     """
     if ensemble < 1:
         raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
-    if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
-        raise SupportSetError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
+    try:
+        check_tiles(tiles)
+    except ValueError as exc:
+        raise SupportSetError(str(exc)) from None
     auto_threshold = threshold == "auto"
     if not auto_threshold and not (isinstance(threshold, (int, float))
                                    and 0.0 < threshold < 1.0):

@@ -19,15 +19,38 @@ import torch.nn.functional as F
 
 from incontext.calibration import support_calibration
 
-__all__ = ["AUTO_TILES", "TiledRunner", "choose_tiles", "predict_tiled", "resize_stack",
-           "tile_options", "tile_origins", "tiled_size"]
+__all__ = ["AUTO_TILES", "TiledRunner", "check_tiles", "choose_tiles", "is_auto",
+           "predict_tiled", "resize_stack", "tile_options", "tile_origins", "tiled_size"]
 
-AUTO_TILES = (1, 2)  # what ``tiles="auto"`` chooses between
+AUTO_TILES = (1, 2)  # what ``tiles="auto"`` chooses between; ``"autoG"``: 1 to G
+
+
+def check_tiles(tiles: int | str) -> int | str:
+    """``tiles`` if valid: an integer >= 1, ``"auto"`` or ``"autoG"`` (G >= 2); else ValueError."""
+    if isinstance(tiles, int) and not isinstance(tiles, bool) and tiles >= 1:
+        return tiles
+    if isinstance(tiles, str) and tiles.startswith("auto"):
+        rest = tiles[4:]
+        if rest == "" or (rest.isdigit() and int(rest) >= 2):
+            return tiles
+    raise ValueError(f"tiles must be an integer >= 1, 'auto' (1 or 2) or 'autoG' (1 to G, "
+                     f"G >= 2), got {tiles!r}")
+
+
+def is_auto(tiles: int | str) -> bool:
+    """Whether ``tiles`` asks for a per-task choice (``"auto"`` or ``"autoG"``)."""
+    return isinstance(tiles, str)
 
 
 def tile_options(tiles: int | str) -> tuple[int, ...]:
-    """The tilings to consider: :data:`AUTO_TILES` for ``"auto"``, else ``(tiles,)``."""
-    return AUTO_TILES if tiles == "auto" else (int(tiles),)
+    """The tilings to consider: :data:`AUTO_TILES` for ``"auto"``, 1..G for ``"autoG"``,
+    else ``(tiles,)``."""
+    check_tiles(tiles)
+    if tiles == "auto":
+        return AUTO_TILES
+    if isinstance(tiles, str):
+        return tuple(range(1, int(tiles[4:]) + 1))
+    return (int(tiles),)
 
 
 def tiled_size(resolution: int, tiles: int) -> int:

@@ -49,7 +49,7 @@ from incontext.preprocessing import (
     resize_mask_soft,
     resize_probabilities,
 )
-from incontext.tiling import TiledRunner, choose_tiles, tile_options, tiled_size
+from incontext.tiling import TiledRunner, check_tiles, choose_tiles, tile_options, tiled_size
 from incontext.tta import TTA_CHOICES
 
 ANISOTROPY_RATIO = 1.1
@@ -257,14 +257,16 @@ def segment_volume(
     support_size: support slices per query slice (default 16), shared equally among
     the support volumes holding the label. spacings: support voxel sizes (for the
     default axis). progress(n) is called as query slices finish
-    (total = :func:`slice_steps`). tiles: 1, g > 1 or "auto", as in
+    (total = :func:`slice_steps`). tiles: 1, g > 1, "auto" or "autoG", as in
     :func:`incontext.segment`, per slice (``VolumeSegmentation.tiles`` says what was used).
     tta: 1, 2, 4 or 8 flipped/rotated copies of each slice task, averaged (:mod:`incontext.tta`).
     """
     if tta not in TTA_CHOICES or isinstance(tta, bool):
         raise VolumeError(f"tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {tta!r}")
-    if tiles != "auto" and (not isinstance(tiles, int) or tiles < 1):
-        raise VolumeError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
+    try:
+        check_tiles(tiles)
+    except ValueError as exc:
+        raise VolumeError(str(exc)) from None
     if planes not in (1, 3):
         raise VolumeError(f"planes must be 1 or 3, got {planes}")
     if ensemble < 1:

@@ -119,3 +119,32 @@ def test_benchmark_method_auto_tiles():
     assert out.shape == (1, 128, 128) and m.chosen_tiles == [2]
     with pytest.raises(ValueError, match="tiles"):
         ModelMethod(EchoQuery(32), tiles=0)
+
+
+def test_auto_with_a_larger_grid_is_parsed_and_used():
+    from incontext.benchmark.methods import ModelMethod
+    from incontext.cli import build_parser
+    from incontext.tiling import check_tiles, tile_options
+
+    assert tile_options("auto") == (1, 2)
+    assert tile_options("auto3") == (1, 2, 3)
+    assert tile_options(2) == (2,)
+    for bad in ("auto1", "autox", "tiles", 0, True):
+        with pytest.raises(ValueError, match="tiles must be"):
+            check_tiles(bad)
+    parser = build_parser()
+    assert parser.parse_args(["benchmark", "--index", "x.h5", "--model-tiles", "auto3"]
+                             ).model_tiles == "auto3"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["benchmark", "--index", "x.h5", "--model-tiles", "auto1"])
+    # cached rows of "auto" keep their name; "auto3" gets its own
+    assert ModelMethod(MeanSupportLabel(16), name="m", tiles="auto").name == "m-tiles-auto"
+    assert ModelMethod(MeanSupportLabel(16), name="m", tiles="auto3").name == "m-tiles-auto3"
+    label = np.zeros((48, 48), np.uint8)
+    label[10:30, 12:40] = 1
+    rng = np.random.default_rng(3)
+    images = [rng.random((48, 48)).astype(np.float32) for _ in range(4)]
+    res = segment(MeanSupportLabel(16), images[0], images[1:], [label] * 3, tiles="auto3")
+    assert res.tiles[0] in (1, 2, 3)
+    with pytest.raises(SupportSetError, match="tiles must be"):
+        segment(MeanSupportLabel(16), images[0], images[1:], [label] * 3, tiles="auto1")

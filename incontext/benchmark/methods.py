@@ -26,7 +26,14 @@ from torch import nn
 from incontext.baselines import BASELINES, get_baseline
 from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
 from incontext.inference import predict_probabilities
-from incontext.tiling import choose_tiles, predict_tiled, resize_stack, tile_options
+from incontext.tiling import (
+    check_tiles,
+    choose_tiles,
+    is_auto,
+    predict_tiled,
+    resize_stack,
+    tile_options,
+)
 from incontext.tta import check_tta
 
 
@@ -54,13 +61,12 @@ class ModelMethod:
                  batch_size: int = 8, tiles: int | str = 1,
                  threshold: float | str = 0.5, tta: int = 1) -> None:
         check_tta(tta)
-        if not (tiles == "auto" or (isinstance(tiles, int) and tiles >= 1)):
-            raise ValueError(f"tiles must be an integer >= 1 or 'auto', got {tiles!r}")
+        check_tiles(tiles)
         if not (threshold == "auto" or (isinstance(threshold, (int, float))
                                         and 0.0 < threshold < 1.0)):
             raise ValueError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
         self.model = model.eval()
-        self.name = name if tiles == 1 else f"{name}-tiles{'-auto' if tiles == 'auto' else tiles}"
+        self.name = name if tiles == 1 else f"{name}-tiles{'-' if is_auto(tiles) else ''}{tiles}"
         if threshold != 0.5:
             self.name += "-thr-auto" if threshold == "auto" else f"-thr{float(threshold):g}"
         if tta != 1:
@@ -102,9 +108,9 @@ class ModelMethod:
                                       seed=seed)
             tiles, threshold = cal.tiles, cal.threshold
             self.chosen_thresholds.append(threshold)
-        elif tiles == "auto":
-            tiles, _ = choose_tiles(self._run, si, sl, seed=seed)
-        if self.tiles == "auto":
+        elif is_auto(tiles):
+            tiles, _ = choose_tiles(self._run, si, sl, tile_options(tiles), seed=seed)
+        if is_auto(self.tiles):
             self.chosen_tiles.append(int(tiles))
         prob = self._run(int(tiles), qi, si, sl).clamp(0, 1)
         prob = rescale_to_threshold(prob, float(threshold))

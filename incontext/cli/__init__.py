@@ -38,7 +38,15 @@ def _number_or_auto(text: str, convert: type, valid: Callable[[Any], bool], what
 
 
 def tiles_value(text: str) -> int | str:
-    """``--tiles`` / ``--model-tiles``: a positive integer or ``auto``."""
+    """``--tiles`` / ``--model-tiles``: a positive integer, ``auto`` (1 or 2) or ``autoG``
+    (1 to G)."""
+    low = text.strip().lower()
+    if low.startswith("auto") and low != "auto":
+        rest = low[4:]
+        if not (rest.isdigit() and int(rest) >= 2):
+            raise argparse.ArgumentTypeError(f"{text!r}: give 'autoG' with a whole number "
+                                             "G >= 2, e.g. auto3")
+        return low
     return _number_or_auto(text, int, lambda v: v >= 1, "a whole number >= 1", ">= 1")
 
 

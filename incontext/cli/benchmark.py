@@ -63,10 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="in-context model: registry name or .safetensors path; 'none' for "
                         "baselines only (default: the default model, or baselines only with "
                         "a note when none is shipped)")
-    p.add_argument("--model-tiles", type=tiles_value, default=1, metavar="G|auto",
+    p.add_argument("--model-tiles", type=tiles_value, default=1, metavar="G|auto|autoG",
                    help="run the model on G x G overlapping tiles of a G-times larger image "
                         "(thin structures; (2G-1)^2 passes); auto = 1 or 2 per task, chosen "
-                        "on the support set; default 1 = whole image")
+                        "on the support set, auto3 = 1, 2 or 3; default 1 = whole image")
     p.add_argument("--model-threshold", type=threshold_value, default=0.5, metavar="T|auto",
                    help="foreground cut of the model's probabilities; auto = chosen per task "
                         "and draw by segmenting supports from the others (default 0.5)")
