@@ -86,8 +86,9 @@ def run_benchmark(
     ``baselines``: ``"all"``, ``"a,b"``, a list, or None; ``baseline_settings`` =
     {name: {setting: value}}. ``method_repeats`` overrides ``repeats`` per method.
     ``methods``: extra objects with ``name``, ``describe()`` and ``predict(...)``.
-    ``model_tiles`` > 1 runs the model on tiles (:mod:`incontext.tiling`); its rows are
-    named ``<model>-tiles<g>``. ``model_threshold`` other than 0.5 cuts the model's
+    ``model_tiles`` > 1 runs the model on tiles (:mod:`incontext.tiling`); ``"auto"`` /
+    ``"autoG"`` choose 1..2 / 1..G per task on the supports; rows are named
+    ``<model>-tiles<g>`` / ``-tiles-auto`` / ``-tiles-autoG``. ``model_threshold`` other than 0.5 cuts the model's
     probabilities there (``"auto"``: chosen per task and draw on the supports,
     :mod:`incontext.calibration`); rows named ``<model>-thr-auto`` / ``-thr<t>``.
     ``model_tta`` > 1 averages the model over flipped/rotated copies of each task
