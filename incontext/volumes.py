@@ -50,7 +50,7 @@ from incontext.preprocessing import (
     resize_probabilities,
 )
 from incontext.tiling import TiledRunner, check_tiles, choose_tiles, tile_options, tiled_size
-from incontext.tta import TTA_CHOICES
+from incontext.tta import check_tta
 
 ANISOTROPY_RATIO = 1.1
 # Support slices per query slice. Every query slice costs one model pass per support
@@ -261,8 +261,10 @@ def segment_volume(
     :func:`incontext.segment`, per slice (``VolumeSegmentation.tiles`` says what was used).
     tta: 1, 2, 4 or 8 flipped/rotated copies of each slice task, averaged (:mod:`incontext.tta`).
     """
-    if tta not in TTA_CHOICES or isinstance(tta, bool):
-        raise VolumeError(f"tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {tta!r}")
+    try:
+        check_tta(tta)
+    except ValueError as exc:
+        raise VolumeError(str(exc)) from None
     try:
         check_tiles(tiles)
     except ValueError as exc:
