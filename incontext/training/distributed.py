@@ -64,9 +64,17 @@ def setup(device_name: str = "auto") -> DistInfo:
                     local_rank=local_rank, device=device, owns_group=owns)
 
 
-def cleanup(info: DistInfo) -> None:
-    """Destroy the process group if :func:`setup` created it."""
+def cleanup(info: DistInfo, meet: bool = False) -> None:
+    """Destroy the process group if :func:`setup` created it.
+
+    ``meet=True`` (a normal finish, every rank gets here) has the ranks meet first: a rank
+    that tears gloo down while another still talks to it can abort the other process
+    ("terminate called without an active exception"). After an error, no meeting: the
+    other ranks may never arrive.
+    """
     if info.owns_group and dist.is_initialized():
+        if meet:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -467,12 +467,15 @@ class Trainer:
     def run(self) -> RunSummary:
         """Train to ``config.steps`` (or until interrupted); returns the summary."""
         self._session_start = time.perf_counter()
+        finished = False
         try:
-            return self._run()
+            summary = self._run()
+            finished = True
+            return summary
         finally:
             close_batches(self._batches)
             self._batches = None
-            dist_utils.cleanup(self.dist)
+            dist_utils.cleanup(self.dist, meet=finished)
 
     def _run(self) -> RunSummary:
         cfg, r = self.config, self.config.run
