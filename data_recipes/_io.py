@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from data_recipes.base import RecipeError, Subject
-from incontext.preprocessing import PreprocessingError, to_grayscale
+from incontext.preprocessing import PreprocessingError, colour_channels, to_grayscale
 
 SHARED_DATA_ENV = "INCONTEXT_SHARED_DATA"
 
@@ -69,15 +69,22 @@ def _pil_to_array(img, path: Path) -> np.ndarray:
 
 def read_gray(path: Path, what: str = "image") -> np.ndarray:
     """Read a 2D image file (PNG/JPEG/BMP/TIFF/GIF) as (H, W) float32 grey."""
+    return read_gray_and_colour(path, what)[0]
+
+
+def read_gray_and_colour(path: Path, what: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a 2D image file as (H, W) float32 grey and, when its channels differ, its
+    (H, W, 3) float32 RGB (None for grey images)."""
     path = Path(path)
     arr = _pil_to_array(_open_pil(path), path)
+    colour = colour_channels(arr)
     try:
         grey = to_grayscale(arr, what=f"{path}")
     except PreprocessingError as exc:
         raise RecipeError(f"{path}: {what} is not a 2D grey or colour image ({exc})") from exc
     if not np.isfinite(grey).all():
         raise RecipeError(f"{path}: {what} contains NaN/inf values")
-    return grey
+    return grey, colour
 
 
 def read_mask_values(path: Path) -> np.ndarray:
@@ -129,12 +136,12 @@ def subject_2d(
     spacing: tuple[float, ...] | None = None,
     sub_dataset: str = "",
 ) -> Subject:
-    """Read the image at ``image_path`` (grey) and assemble a Subject.
+    """Read the image at ``image_path`` (grey, and its RGB when colour) and assemble a Subject.
 
     ``masks`` maps label name -> (file, bool mask); labels absent from it get an
     all-False mask. Raises RecipeError on a shape mismatch, naming the mask file.
     """
-    image = read_gray(image_path)
+    image, colour = read_gray_and_colour(image_path)
     out: dict[str, np.ndarray] = {}
     files = [str(image_path)]
     for name in label_names:
@@ -155,6 +162,7 @@ def subject_2d(
         spacing=spacing,
         sub_dataset=sub_dataset,
         source_files=sorted(set(files), key=files.index),
+        colour=colour,
     )
 
 

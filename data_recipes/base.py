@@ -54,6 +54,8 @@ class Subject:
     image: (H, W) or (X, Y, Z) raw intensities (colour already converted to grey)
     masks: label name -> bool array of the image's shape (names from DatasetInfo)
     spacing: mm per pixel/voxel along each axis, when known; affine: 4x4 for NIfTI
+    colour: (H, W, 3) raw RGB of a colour 2D image (None for grey images and volumes);
+    the index stores it beside the grey image (``colour`` array, docs/index-format.md)
     """
 
     subject_id: str
@@ -63,6 +65,7 @@ class Subject:
     affine: np.ndarray | None = None
     sub_dataset: str = ""
     source_files: list[str] = field(default_factory=list)
+    colour: np.ndarray | None = None
 
 
 class Recipe(Protocol):

@@ -25,7 +25,7 @@ from typing import Any
 from data_recipes.base import DatasetInfo, RecipeError, Subject, SubjectRef
 from incontext.data.readers import binary_mask, label_map_to_masks, read_image_2d
 from incontext.data.recipe_tools import OptionsMixin, list_files, parse_labels, require_dir
-from incontext.preprocessing import PreprocessingError, to_grayscale
+from incontext.preprocessing import PreprocessingError, colour_channels, to_grayscale
 
 
 @dataclass
@@ -77,7 +77,8 @@ class PngPairsRecipe(OptionsMixin):
     def load(self, ref: SubjectRef) -> Subject:
         image_path, mask_path = ref.paths["image"], ref.paths["mask"]
         try:
-            image = to_grayscale(read_image_2d(image_path), str(image_path))
+            raw_image = read_image_2d(image_path)
+            image = to_grayscale(raw_image, str(image_path))
         except PreprocessingError as exc:
             raise RecipeError(str(exc)) from None
         raw = read_image_2d(mask_path)
@@ -88,7 +89,8 @@ class PngPairsRecipe(OptionsMixin):
             masks = label_map_to_masks(raw, labels, mask_path)
         spacing = (self.spacing, self.spacing) if self.spacing else None
         return Subject(ref.subject_id, image, masks, spacing=spacing, sub_dataset=ref.sub_dataset,
-                       source_files=[str(image_path), str(mask_path)])
+                       source_files=[str(image_path), str(mask_path)],
+                       colour=colour_channels(raw_image))
 
 
 RECIPE = PngPairsRecipe()

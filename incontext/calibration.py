@@ -75,20 +75,22 @@ def leave_one_out(run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torc
 def support_calibration(run: TiledPredict, support_images: torch.Tensor,
                         support_labels: torch.Tensor, tile_options: Sequence[int] = (1,),
                         thresholds: Sequence[float] = (0.5,), *, max_checks: int = DEFAULT_CHECKS,
-                        margin: float = DEFAULT_MARGIN, seed: int = 0) -> Calibration:
+                        margin: float = DEFAULT_MARGIN, seed: int = 0,
+                        always_score: bool = False) -> Calibration:
     """Choose (tiles, threshold) by segmenting supports from the others.
 
     support_images (S, H, W), support_labels (S, H, W) in [0, 1]. The default setting
     (fewest tiles, the threshold nearest 0.5) is kept unless another beats its mean
     leave-one-out Dice by more than ``margin``; with fewer than 3 usable checks when
-    choosing a cut (1 for tiling alone) the default is returned unscored.
+    choosing a cut (1 for tiling alone) the default is returned unscored. A single
+    setting is returned unscored too, unless ``always_score`` (used to compare inputs).
     """
     tile_options = sorted({int(g) for g in tile_options})
     thresholds = sorted({float(t) for t in thresholds})
     if not tile_options or not thresholds:
         raise ValueError("support_calibration needs at least one tiling and one threshold")
     default = (tile_options[0], min(thresholds, key=lambda t: (abs(t - 0.5), t)))
-    if len(tile_options) == 1 and len(thresholds) == 1:
+    if len(tile_options) == 1 and len(thresholds) == 1 and not always_score:
         return Calibration(*default)
     checks = leave_one_out_checks(support_labels, max_checks, seed)
     needed = 1 if len(thresholds) == 1 else 3  # a cut needs a few supports to be judged

@@ -33,6 +33,17 @@ def check_finite(array: np.ndarray, what: str = "image") -> None:
         raise PreprocessingError(f"{what}: contains {bad} NaN/inf value(s)")
 
 
+def colour_channels(image: np.ndarray) -> np.ndarray | None:
+    """(H,W,3|4) with channels that differ -> (H,W,3) float32 RGB; None for grey images."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        return None
+    rgb = image[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return None
+    return rgb.astype(np.float32)
+
+
 def to_grayscale(image: np.ndarray, what: str = "image") -> np.ndarray:
     """(H,W), (H,W,3) or (H,W,4) -> (H,W) float32 (ITU-R 601 luma for colour)."""
     image = np.asarray(image)

@@ -12,7 +12,8 @@ from incontext.baselines import BASELINES, Prototype, get_baseline
 from incontext.metrics import dice
 
 # Small settings keep the whole file fast; the U-Net gets a tiny budget where quality is moot.
-FAST = {"supervised-unet": {"steps": 3, "batch_size": 2}}
+FAST = {"supervised-unet": {"steps": 3, "batch_size": 2},
+        "supervised-unet-rgb": {"steps": 3, "batch_size": 2}}
 
 
 def make_baseline(name: str):
@@ -45,6 +46,7 @@ def mean_dice(prob: np.ndarray, labels: np.ndarray) -> float:
 def test_registry_names_and_errors():
     assert set(BASELINES) == {
         "supervised-unet",
+        "supervised-unet-rgb",
         "nearest-support",
         "mean-label",
         "threshold",
@@ -220,3 +222,32 @@ def test_prototype_rejects_bad_encoder_output():
     si, sl = disks(2, (16, 16))
     with pytest.raises(ValueError, match="encoder"):
         Prototype(lambda x: x[:, 0]).predict(si, sl, si, seed=0)
+
+
+def test_supervised_unet_rgb_learns_from_colour_the_grey_image_hides():
+    """Disks that differ from the background only in hue: equal luma, opposite red/blue."""
+    rng = np.random.default_rng(0)
+    _, labels = disks(10, (32, 32), seed=11)
+    grey = np.full(labels.shape, 0.5, np.float32) + rng.normal(0, 0.01, labels.shape).astype(
+        np.float32)
+    grey = np.clip(grey, 0, 1)
+    colour = np.stack([grey + 0.3 * labels, grey, grey - 0.3 * labels], 1).clip(0, 1)
+    rgb = get_baseline("supervised-unet-rgb", steps=60, batch_size=4)
+    out = rgb.predict(grey[:8], labels[:8], grey[8:], seed=0, support_colour=colour[:8],
+                      query_colour=colour[8:])
+    dice = [_dice(o > 0.5, t > 0.5) for o, t in zip(out, labels[8:], strict=True)]
+    assert np.mean(dice) > 0.7
+    # without colour it sees three equal grey channels and cannot find the disks
+    blind = rgb.predict(grey[:8], labels[:8], grey[8:], seed=0)
+    assert np.mean([_dice(o > 0.5, t > 0.5) for o, t in zip(blind, labels[8:], strict=True)]) \
+        < np.mean(dice) - 0.3
+    with pytest.raises(ValueError, match="support_colour"):
+        rgb.predict(grey[:8], labels[:8], grey[8:], seed=0, support_colour=colour[:7],
+                    query_colour=colour[8:])
+    with pytest.raises(ValueError, match="query_colour"):
+        rgb.predict(grey[:8], labels[:8], grey[8:], seed=0, support_colour=colour[:8],
+                    query_colour=colour[8:] * 3)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))

@@ -12,11 +12,12 @@ from incontext.baselines.base import Baseline, check_inputs
 from incontext.baselines.mean_label import MeanLabel
 from incontext.baselines.nearest_support import NearestSupport
 from incontext.baselines.prototype import Prototype, RandomFeatureEncoder
-from incontext.baselines.supervised_unet import SupervisedUNet
+from incontext.baselines.supervised_unet import SupervisedUNet, SupervisedUNetRGB
 from incontext.baselines.threshold import Threshold
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (SupervisedUNet, NearestSupport, MeanLabel, Threshold, Prototype)
+    cls.name: cls for cls in (SupervisedUNet, NearestSupport, MeanLabel, Threshold, Prototype,
+                              SupervisedUNetRGB)
 }
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Prototype",
     "RandomFeatureEncoder",
     "SupervisedUNet",
+    "SupervisedUNetRGB",
     "Threshold",
     "check_inputs",
     "get_baseline",

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from incontext.baselines.base import Baseline
+from incontext.baselines.base import Baseline, check_inputs
 
 
 def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -28,11 +28,12 @@ def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
 class SmallUNet(nn.Module):
     """U-Net with ``levels`` resolutions (``levels - 1`` poolings), widths base * 2**i."""
 
-    def __init__(self, levels: int = 4, base: int = 16, groups: int = 8) -> None:
+    def __init__(self, levels: int = 4, base: int = 16, groups: int = 8,
+                 in_channels: int = 1) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(levels)]
         self.down = nn.ModuleList()
-        cin = 1
+        cin = in_channels
         for w in widths:
             self.down.append(_block(cin, w, groups))
             cin = w
@@ -54,6 +55,12 @@ class SmallUNet(nn.Module):
         for up, fuse, skip in zip(self.up, self.fuse, skips[-2::-1], strict=True):
             x = fuse(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def _with_channels(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W) -> (N, 1, H, W); (N, C, H, W) as is."""
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    return x[:, None] if x.ndim == 3 else x
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -188,8 +195,9 @@ class SupervisedUNet(Baseline):
             torch.set_num_threads(threads)
 
     def _train(self, images: np.ndarray, labels: np.ndarray, gen: torch.Generator) -> SmallUNet:
-        model = SmallUNet(self.levels, self.base_features, self.groups)
-        x_all, _ = _pad_to_multiple(torch.from_numpy(images)[:, None], model.multiple)
+        x_all = _with_channels(images)
+        model = SmallUNet(self.levels, self.base_features, self.groups, x_all.shape[1])
+        x_all, _ = _pad_to_multiple(x_all, model.multiple)
         y_all, _ = _pad_to_multiple(torch.from_numpy(labels)[:, None], model.multiple)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         model.train()
@@ -210,9 +218,7 @@ class SupervisedUNet(Baseline):
         model.eval()
         out = []
         for i in range(0, queries.shape[0], chunk):
-            x, (h, w) = _pad_to_multiple(
-                torch.from_numpy(queries[i : i + chunk])[:, None], model.multiple
-            )
+            x, (h, w) = _pad_to_multiple(_with_channels(queries[i : i + chunk]), model.multiple)
             out.append(torch.sigmoid(model(x))[:, 0, :h, :w].numpy())
         return np.concatenate(out)
 
@@ -232,3 +238,49 @@ class SupervisedUNet(Baseline):
             if self.augmentation
             else "none",
         }
+
+
+class SupervisedUNetRGB(SupervisedUNet):
+    """``supervised-unet`` with R, G, B input: the U-Net sees the colour of colour tasks.
+
+    The benchmark passes ``support_colour`` (S, 3, H, W) and ``query_colour`` (Q, 3, H, W)
+    when the index stores colour (``uses_colour``); grey tasks give the grey image three
+    times. The fair comparison for in-context models that use colour (``--model-colour``).
+    """
+
+    name = "supervised-unet-rgb"
+    uses_colour = True
+
+    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
+                query_images: np.ndarray, *, seed: int,
+                support_colour: np.ndarray | None = None,
+                query_colour: np.ndarray | None = None) -> np.ndarray:
+        """(Q, H, W) probabilities, trained and predicted on R, G, B when given."""
+        si, sl, qi = check_inputs(support_images, support_labels, query_images)
+        if qi.shape[0] == 0 or not sl.any():
+            return np.zeros(qi.shape, dtype=np.float32)
+        if support_colour is None or query_colour is None:
+            x_s, x_q = np.repeat(si[:, None], 3, axis=1), np.repeat(qi[:, None], 3, axis=1)
+        else:
+            x_s = _check_colour(support_colour, si, "support_colour")
+            x_q = _check_colour(query_colour, qi, "query_colour")
+        out = np.asarray(self._predict(x_s, sl, x_q, seed=int(seed)), dtype=np.float32)
+        if out.shape != qi.shape or not np.isfinite(out).all():
+            raise RuntimeError(f"{self.name}: produced shape {out.shape} (expected {qi.shape}) "
+                               "or NaN/inf probabilities")
+        return np.clip(out, 0.0, 1.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "input": "R, G, B (grey tasks: grey three times)"}
+
+
+def _check_colour(colour: np.ndarray, grey: np.ndarray, what: str) -> np.ndarray:
+    """(N, 3, H, W) float32 in [0, 1] matching the grey stack ``grey`` (N, H, W)."""
+    arr = np.asarray(colour, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[1] != 3 or arr.shape[0] != grey.shape[0] \
+            or arr.shape[2:] != grey.shape[1:]:
+        raise ValueError(f"{what}: expected (N, 3, H, W) matching the grey images "
+                         f"{grey.shape}, got {arr.shape}")
+    if not np.isfinite(arr).all() or (arr.size and (arr.min() < -1e-4 or arr.max() > 1 + 1e-4)):
+        raise ValueError(f"{what}: values must be finite and in [0, 1]")
+    return np.clip(arr, 0.0, 1.0)

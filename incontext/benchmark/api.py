@@ -75,6 +75,7 @@ def run_benchmark(
     model_tiles: int | str = 1,
     model_threshold: float | str = 0.5,
     model_tta: int = 1,
+    model_colour: str = "luma",
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -92,7 +93,10 @@ def run_benchmark(
     probabilities there (``"auto"``: chosen per task and draw on the supports,
     :mod:`incontext.calibration`); rows named ``<model>-thr-auto`` / ``-thr<t>``.
     ``model_tta`` > 1 averages the model over flipped/rotated copies of each task
-    (:mod:`incontext.tta`); rows named ``<model>-...-tta<n>``.
+    (:mod:`incontext.tta`); rows named ``<model>-...-tta<n>``. ``model_colour`` other than
+    ``"luma"`` renders colour tasks (indexes with a ``colour`` array) to grey another way,
+    ``"auto"`` choosing per task and draw on the supports (:mod:`incontext.colour`); rows
+    named ``<model>-...-colour-<c>``.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -115,7 +119,8 @@ def run_benchmark(
     notes: list[str] = []
     all_methods: list[Any] = []
     model_method, note = load_model_method(model, tiles=model_tiles,
-                                           threshold=model_threshold, tta=model_tta)
+                                           threshold=model_threshold, tta=model_tta,
+                                           colour=model_colour)
     if note:
         notes.append(note)
         if progress:

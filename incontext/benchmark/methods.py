@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
-from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
+from incontext.calibration import (
+    THRESHOLD_GRID,
+    Calibration,
+    rescale_to_threshold,
+    support_calibration,
+)
+from incontext.colour import DEFAULT_COLOUR, candidates, check_colour, choose_rendering, renderings
 from incontext.inference import predict_probabilities
 from incontext.tiling import (
     check_tiles,
@@ -53,15 +59,20 @@ class ModelMethod:
     likewise as soft masks, and probabilities back to the index size. ``threshold="auto"``
     picks a cut per task and draw on the support set (:func:`incontext.calibration.
     support_calibration`) and returns probabilities rescaled so that the cut is 0.5.
+    ``colour`` other than ``"luma"`` renders colour tasks to grey another way
+    (:mod:`incontext.colour`; ``"auto"``: chosen per task and draw on the support set);
+    tasks without colour keep their grey images.
     """
 
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
                  batch_size: int = 8, tiles: int | str = 1,
-                 threshold: float | str = 0.5, tta: int = 1) -> None:
+                 threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR
+                 ) -> None:
         check_tta(tta)
         check_tiles(tiles)
+        check_colour(colour)
         if not (threshold == "auto" or (isinstance(threshold, (int, float))
                                         and 0.0 < threshold < 1.0)):
             raise ValueError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
@@ -71,6 +82,11 @@ class ModelMethod:
             self.name += "-thr-auto" if threshold == "auto" else f"-thr{float(threshold):g}"
         if tta != 1:
             self.name += f"-tta{tta}"
+        if colour != DEFAULT_COLOUR:
+            self.name += f"-colour-{colour}"
+        self.colour = colour
+        self.uses_colour = colour != DEFAULT_COLOUR  # the runner then passes R, G, B
+        self.chosen_colours: list[str] = []  # with colour="auto": the choice of each prediction
         self.tta = tta
         self.threshold = threshold
         self.source = source
@@ -96,24 +112,63 @@ class ModelMethod:
                                                                  self.resolution)
         return resize_stack(prob, tuple(queries.shape[-2:]))
 
-    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
-                query_images: np.ndarray, *, seed: int) -> np.ndarray:
-        """(Q, H, W) foreground probabilities; deterministic for a given ``seed``."""
-        si = torch.from_numpy(np.ascontiguousarray(support_images, np.float32))
-        sl = torch.from_numpy(np.ascontiguousarray(support_labels, np.float32))
-        qi = torch.from_numpy(np.ascontiguousarray(query_images, np.float32))
+    def _calibrate(self, si: torch.Tensor, sl: torch.Tensor, seed: int,
+                   always_score: bool = False) -> Calibration:
+        """The tiling and cut this method uses for one support set (chosen when auto)."""
         tiles, threshold = self.tiles, self.threshold
-        if threshold == "auto":
-            cal = support_calibration(self._run, si, sl, tile_options(tiles), THRESHOLD_GRID,
-                                      seed=seed)
-            tiles, threshold = cal.tiles, cal.threshold
-            self.chosen_thresholds.append(threshold)
-        elif is_auto(tiles):
-            tiles, _ = choose_tiles(self._run, si, sl, tile_options(tiles), seed=seed)
+        thresholds = THRESHOLD_GRID if threshold == "auto" else (float(threshold),)
+        if threshold == "auto" or always_score:
+            return support_calibration(self._run, si, sl, tile_options(tiles), thresholds,
+                                       seed=seed, always_score=always_score)
+        if is_auto(tiles):
+            return Calibration(choose_tiles(self._run, si, sl, tile_options(tiles),
+                                            seed=seed)[0], float(threshold))
+        return Calibration(int(tiles), float(threshold))
+
+    def _render(self, si: np.ndarray, sl: np.ndarray, qi: np.ndarray,
+                support_colour: np.ndarray | None, query_colour: np.ndarray | None, seed: int
+                ) -> tuple[torch.Tensor, torch.Tensor, Calibration]:
+        """Grey supports and queries in the rendering this method uses, and its calibration."""
+        sl_t = torch.from_numpy(sl)
+        if self.colour == DEFAULT_COLOUR or support_colour is None or query_colour is None:
+            si_t, qi_t = torch.from_numpy(si), torch.from_numpy(qi)
+            return si_t, qi_t, self._calibrate(si_t, sl_t, seed)
+        options = renderings(candidates(self.colour), si, qi,
+                             np.asarray(support_colour, np.float32),
+                             np.asarray(query_colour, np.float32), sl)
+        if not options:  # a fixed "fisher" with no foreground/background contrast: plain grey
+            options = renderings((DEFAULT_COLOUR,), si, qi, support_colour, query_colour, sl)
+        cals, scores = {}, {}
+        for key, (s_img, _) in options.items():
+            s_t = torch.from_numpy(s_img)
+            cals[key] = self._calibrate(s_t, sl_t, seed, always_score=len(options) > 1)
+            scores[key] = max(cals[key].scores.values()) if cals[key].scores else None
+        chosen = choose_rendering(scores) if len(options) > 1 else next(iter(options))
+        self.chosen_colours.append(chosen)
+        cal = cals[chosen]
+        if len(options) > 1 and self.threshold != "auto" and is_auto(self.tiles):
+            cal = self._calibrate(torch.from_numpy(options[chosen][0]), sl_t, seed)
+        s_img, q_img = options[chosen]
+        return torch.from_numpy(s_img), torch.from_numpy(q_img), cal
+
+    def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
+                query_images: np.ndarray, *, seed: int, support_colour: np.ndarray | None = None,
+                query_colour: np.ndarray | None = None) -> np.ndarray:
+        """(Q, H, W) foreground probabilities; deterministic for a given ``seed``.
+
+        ``support_colour`` (S, 3, H, W) and ``query_colour`` (Q, 3, H, W): R, G, B of the same
+        images, used when ``colour`` is not ``"luma"``.
+        """
+        si = np.ascontiguousarray(support_images, np.float32)
+        sl = np.ascontiguousarray(support_labels, np.float32)
+        qi = np.ascontiguousarray(query_images, np.float32)
+        si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
+        if self.threshold == "auto":
+            self.chosen_thresholds.append(cal.threshold)
         if is_auto(self.tiles):
-            self.chosen_tiles.append(int(tiles))
-        prob = self._run(int(tiles), qi, si, sl).clamp(0, 1)
-        prob = rescale_to_threshold(prob, float(threshold))
+            self.chosen_tiles.append(int(cal.tiles))
+        prob = self._run(int(cal.tiles), qi_t, si_t, torch.from_numpy(sl)).clamp(0, 1)
+        prob = rescale_to_threshold(prob, float(cal.threshold))
         return prob.numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -131,6 +186,8 @@ class ModelMethod:
             info["threshold"] = self.threshold
         if self.tta != 1:  # likewise
             info["tta"] = self.tta
+        if self.colour != DEFAULT_COLOUR:  # likewise
+            info["colour"] = self.colour
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -171,8 +228,8 @@ def make_baselines(names: Sequence[str],
 
 
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
-                      threshold: float | str = 0.5,
-                      tta: int = 1) -> tuple[ModelMethod | None, str | None]:
+                      threshold: float | str = 0.5, tta: int = 1,
+                      colour: str = DEFAULT_COLOUR) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -183,7 +240,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
-                           tiles=tiles, threshold=threshold, tta=tta), None
+                           tiles=tiles, threshold=threshold, tta=tta, colour=colour), None
     if model is None:
         try:
             loaded = load_model()
@@ -193,10 +250,11 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
         return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
                            source=str(registry.DEFAULT_MODEL), tiles=tiles,
-                           threshold=threshold, tta=tta), None
+                           threshold=threshold, tta=tta, colour=colour), None
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
     loaded = load_model(text)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
-    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold, tta=tta), None
+    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold, tta=tta,
+                       colour=colour), None

@@ -47,6 +47,8 @@ class TaskData:
     total_queries: int  # test slices before the --queries-per-task cap
     label: str = ""  # the task's label name (text-prompted methods use it)
     modality_name: str = ""  # the dataset's modality in words, e.g. "chest X-ray"
+    pool_colour: np.ndarray | None = None  # (P, 3, H, W) R, G, B when the index stores colour
+    query_colour: np.ndarray | None = None  # (Q, 3, H, W)
 
     @property
     def pool_size(self) -> int:
@@ -85,6 +87,8 @@ def load_task(index: TaskIndex, task: str, *, queries_per_task: int | None = Non
     info = index.task(task)
     pool_x, pool_y, pool_ids = index.load_split(task, SUPPORT_SPLIT)
     q_x, q_y, q_ids = index.load_split(task, QUERY_SPLIT)
+    pool_c = index.load_split_colour(task, SUPPORT_SPLIT)
+    q_c = index.load_split_colour(task, QUERY_SPLIT)
     where = f"task {task!r} in {', '.join(str(p) for p in index.paths)}"
     if pool_x.shape[0] == 0:
         raise ProtocolError(f"{where}: no slices in the {SUPPORT_SPLIT!r} split (support pool)")
@@ -103,6 +107,7 @@ def load_task(index: TaskIndex, task: str, *, queries_per_task: int | None = Non
             rng = np.random.default_rng(stable_seed(seed, task, "queries"))
             keep = np.sort(rng.choice(total, queries_per_task, replace=False))
             q_x, q_y = q_x[keep], q_y[keep]
+            q_c = None if q_c is None else q_c[keep]
             q_ids = [q_ids[i] for i in keep]
             spacing = None if spacing is None else spacing[keep]
     return TaskData(
@@ -111,6 +116,7 @@ def load_task(index: TaskIndex, task: str, *, queries_per_task: int | None = Non
         query_images=q_x, query_labels=q_y, query_subjects=list(q_ids),
         query_spacing=spacing, total_queries=total,
         label=info.label, modality_name=info.modality_name,
+        pool_colour=pool_c, query_colour=q_c,
     )
 
 

@@ -216,12 +216,15 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
     show = example_query(task)
     member_probs: list[list[np.ndarray]] = []
     member_secs: list[list[float]] = []
+    colour = getattr(method, "uses_colour", False) and task.pool_colour is not None
     for draw in draws:
         probs, secs = [], []
         for idx in ensemble_members(draw, task.pool_size, k_max):
+            extra = ({"support_colour": task.pool_colour[idx], "query_colour": task.query_colour}
+                     if colour else {})
             t0 = time.perf_counter()
             p = method.predict(task.pool_images[idx], task.pool_labels[idx], task.query_images,
-                               seed=draw.seed)
+                               seed=draw.seed, **extra)
             secs.append(time.perf_counter() - t0)
             p = np.asarray(p, dtype=np.float32)
             if p.shape != task.query_images.shape:

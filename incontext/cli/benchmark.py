@@ -12,6 +12,7 @@ import json
 import os
 
 from incontext.cli import CLIError, threshold_value, tiles_value
+from incontext.colour import COLOUR_CHOICES
 from incontext.tta import TTA_CHOICES
 
 
@@ -73,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-tta", type=int, choices=TTA_CHOICES, default=1, metavar="N",
                    help="average the model over N flipped/rotated copies of each task "
                         "(1, 2, 4 or 8; N times the cost; default 1)")
+    p.add_argument("--model-colour", choices=COLOUR_CHOICES, default="luma",
+                   help="grey rendering of colour tasks (indexes built with R, G, B): luma "
+                        "(default), red, green, blue, fisher, or auto = chosen per task and "
+                        "draw by segmenting supports from the others")
     p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -141,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         tasks=[t for t in args.tasks.split(",") if t] if args.tasks else None,
         progress=not args.no_progress, plots=not args.no_plots, console=console,
         methods=methods, model_tiles=args.model_tiles,
-        model_threshold=args.model_threshold, model_tta=args.model_tta)
+        model_threshold=args.model_threshold, model_tta=args.model_tta,
+        model_colour=args.model_colour)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

@@ -284,7 +284,7 @@ def build_index(
     params = {"size": int(size), "slices": list(modes), "dtype": dtype}
 
     fingerprint = {
-        "schema": SCHEMA_VERSION, "recipe": recipe_name, "options": options_json,
+        "schema": SCHEMA_VERSION, "colour": 1, "recipe": recipe_name, "options": options_json,
         "source": str(source.resolve()), "params": params,
         "subjects": hashlib.sha256(json.dumps(keys).encode()).hexdigest(),
         "labels": info.label_names,
@@ -346,10 +346,11 @@ def build_index(
 def _assemble(out: Path, info: DatasetInfo, recipe_name: str, options: dict, params: dict,
               results: list[tuple[Path, int]], skipped: list[dict], n_subjects: int) -> int:
     """Write the finished per-subject files into ``out`` through a temporary file."""
-    counts = []
+    counts, has_colour = [], False
     for path, _ in results:
         with np.load(path) as z:
             counts.append(int(z["plane"].shape[0]))
+            has_colour = has_colour or "colour" in z.files
     total = sum(counts)
     if total == 0:
         raise BuildError(f"{info.name}: no slices selected from {len(results)} subjects "
@@ -368,6 +369,10 @@ def _assemble(out: Path, info: DatasetInfo, recipe_name: str, options: dict, par
                     "bilinear resize; masks nearest per label",
         "split": "60/20/20 train/val/test by SHA-256 rank of subject id within sub-dataset",
     }
+    if has_colour:
+        preprocessing["colour"] = ("'colour' (N, 3, S, S): R, G, B of colour images, each "
+                                   "normalised and resized like the grey image; grey images "
+                                   "repeat it three times")
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             write_root_attrs(f)
@@ -390,12 +395,19 @@ def _assemble(out: Path, info: DatasetInfo, recipe_name: str, options: dict, par
                 "masks": g.create_dataset("masks", (total, L, size, size), dtype=np.uint8,
                                           chunks=(1, 1, size, size), **comp),
             }
+            if has_colour:  # grey images of a mostly colour dataset get three equal channels
+                dsets["colour"] = g.create_dataset("colour", (total, 3, size, size), dtype=store,
+                                                   chunks=(1, 3, size, size), **comp)
             small: dict[str, list[np.ndarray]] = {}
             row = 0
             for (path, split), n in zip(results, counts, strict=True):
                 with np.load(path) as z:
                     for key in ("images", "masks"):
                         dsets[key][row:row + n] = z[key]
+                    if has_colour:
+                        dsets["colour"][row:row + n] = (
+                            z["colour"] if "colour" in z.files
+                            else np.repeat(z["images"][:, None], 3, axis=1))
                     for key in ("plane", "slice_index", "selected", "foreground", "orig_shape",
                                 "orig_spacing", "spacing"):
                         small.setdefault(key, []).append(z[key])

@@ -3,8 +3,8 @@
 See ``docs/index-format.md`` for the full description. In short, a file holds
 ``/datasets/<name>`` groups; each has per-slice arrays (``images``, ``masks``,
 ``subject``, ``sub_dataset``, ``split``, ``plane``, ``slice_index``, ``selected``,
-``foreground``, ``orig_shape``, ``orig_spacing``, ``spacing``), a ``log`` of skipped items
-and dataset attributes. A task is (dataset, sub-dataset, modality, plane, label).
+``foreground``, ``orig_shape``, ``orig_spacing``, ``spacing``; optionally ``colour``, the
+R, G, B of colour sources), a ``log`` of skipped items and dataset attributes. A task is (dataset, sub-dataset, modality, plane, label).
 """
 
 from __future__ import annotations
@@ -365,6 +365,11 @@ def _validate_group(where: str, path: Path, g: h5py.Group) -> list[str]:
             if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
                 problems.append(f"{where}: float16 images outside [0, 1] near row {start}")
                 break
+    if "colour" in g:
+        col = g["colour"]
+        if col.shape != (n, 3, *img.shape[1:]) or col.dtype != img.dtype:
+            problems.append(f"{where}: colour must be (N, 3, S, S) of the images' dtype "
+                            f"{img.dtype}, got {col.shape} {col.dtype}")
     if img.chunks is not None and img.chunks[0] != 1:
         problems.append(f"{where}: images must be chunked one slice per chunk, got {img.chunks}")
     return problems

@@ -215,6 +215,25 @@ class TaskIndex:
         images, labels = self._slices(gi, info.label_index, rows)
         return images, labels, self._groups[gi][2].subject[rows].tolist()
 
+    def has_colour(self, task_name: str) -> bool:
+        """Whether the task's dataset stores R, G, B beside the grey images (``colour``)."""
+        _, gi, _ = self._entry(task_name)
+        return "colour" in self._file(gi)
+
+    def load_split_colour(self, task_name: str, split: str, skip_empty: bool = False
+                          ) -> np.ndarray | None:
+        """(N, 3, H, W) R, G, B in [0, 1] of the slices :meth:`load_split` returns, in the same
+        order; None when the dataset has no ``colour`` array (grey sources)."""
+        _, gi, _ = self._entry(task_name)
+        if not self.has_colour(task_name):
+            return None
+        rows = np.sort(self.pool(task_name, split, skip_empty).rows)
+        dset = self._file(gi)["colour"]
+        data = np.stack([dset[int(r)] for r in rows]) if rows.size else np.zeros(
+            (0, *dset.shape[1:]), dset.dtype)
+        scale = np.float32(1 / 255) if data.dtype == np.uint8 else np.float32(1)
+        return data.astype(np.float32) * scale
+
     def split_spacing(self, task_name: str, split: str, skip_empty: bool = False
                       ) -> np.ndarray:
         """(N, 2) in-plane spacing (mm per pixel, index resolution) of the slices

@@ -144,12 +144,13 @@ def slice_subject(subject: Subject, info: DatasetInfo, size: int = 128,
         selected.append(sel)
         spacings.append(sp2 * side / size)
     n = len(plan)
+    colour = _colour_slices(subject, info, norm.shape, size, dtype, where) if n else None
     mask_arr = (np.stack(out_masks) if n else np.zeros((0, masks.shape[0], size, size))).astype(
         np.uint8)
     orig_shape = list(shape) + [0] * (3 - len(shape))
     orig_spacing = list(spacing) + [np.nan] * (3 - len(spacing))
     store = np.uint8 if dtype == "uint8" else np.float16
-    return {
+    out = {
         "images": np.stack(images) if n else np.zeros((0, size, size), dtype=store),
         "masks": mask_arr,
         "plane": np.asarray(planes, dtype=np.uint8),
@@ -160,3 +161,27 @@ def slice_subject(subject: Subject, info: DatasetInfo, size: int = 128,
         "orig_spacing": np.tile(np.asarray(orig_spacing, dtype=np.float32), (n, 1)),
         "spacing": np.asarray(spacings, dtype=np.float32).reshape(n, 2),
     }
+    if colour is not None:
+        out["colour"] = colour
+    return out
+
+
+def _colour_slices(subject: Subject, info: DatasetInfo, shape: tuple[int, ...], size: int,
+                   dtype: str, where: str) -> np.ndarray | None:
+    """(1, 3, size, size) R, G, B of a colour 2D subject, each channel normalised, padded and
+    resized like the grey image; None for grey subjects and volumes."""
+    colour = getattr(subject, "colour", None)
+    if colour is None or info.dims != 2:
+        return None
+    colour = np.asarray(colour)
+    if colour.ndim != 3 or colour.shape[-1] != 3 or colour.shape[:2] != tuple(shape):
+        raise RecipeError(f"{where}: colour image of shape {colour.shape} does not match the "
+                          f"grey image {tuple(shape)} (expected (H, W, 3))")
+    channels = []
+    for c in range(3):
+        try:
+            norm = normalize_intensity(colour[..., c], info.modality, info.ct_window, what=where)
+        except PreprocessingError as exc:
+            raise RecipeError(str(exc)) from None
+        channels.append(_to_storage(resize_image(pad_to_square(norm), size), dtype))
+    return np.stack(channels)[None]
