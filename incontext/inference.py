@@ -16,10 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from incontext.calibration import THRESHOLD_GRID, rescale_to_threshold, support_calibration
+from incontext.calibration import (
+    THRESHOLD_GRID,
+    Calibration,
+    rescale_to_threshold,
+    support_calibration,
+)
+from incontext.colour import DEFAULT_COLOUR, candidates, check_colour, choose_rendering, renderings
 from incontext.preprocessing import (
     PreprocessingError,
     check_finite,
+    colour_channels,
     normalize_intensity,
     pad_to_square,
     resize_image,
@@ -57,6 +64,8 @@ class Segmentation:
     thresholds:    per label, the cut applied to the model's probabilities (with
                    ``threshold="auto"`` the chosen one; ``probabilities`` are then rescaled
                    so that this cut is at 0.5)
+    colours:       per label, the grey rendering of colour images used (``segment(colour=)``;
+                   "luma" for grey images)
     """
 
     mask: np.ndarray
@@ -65,6 +74,7 @@ class Segmentation:
     labels: list[int]
     tiles: list[int] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
+    colours: list[str] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -132,6 +142,34 @@ def _prepare_images(images: list[np.ndarray], size: int, what: str, modality: st
     return out
 
 
+def _prepare_colour(images: list[np.ndarray], size: int, what: str, modality: str,
+                    window, normalized: bool = False) -> np.ndarray:
+    """(N, 3, size, size): R, G, B of each image normalised and resized like the grey image
+    (grey images give their grey three times)."""
+    out = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        rgb = colour_channels(image)
+        channels = [rgb[..., c] for c in range(3)] if rgb is not None else [image] * 3
+        out[i] = _prepare_images(channels, size, f"{what} {i}", modality, window, normalized)
+    return out
+
+
+def _pick_rendering(run: TiledRunner, names: Sequence[str],
+                    s_rend: dict[str, dict[int, torch.Tensor]], soft: dict[int, torch.Tensor],
+                    first: torch.Tensor, options: Sequence[int], thresholds: Sequence[float],
+                    seed: int) -> tuple[str, Calibration | None]:
+    """The rendering to use for one label, and its calibration when one was computed."""
+    if len(names) == 1:
+        return names[0], None
+    big = max(options)
+    cals = {name: support_calibration(run.resized, s_rend[name][big][first], soft[big][first],
+                                      options, thresholds, seed=seed, always_score=True)
+            for name in names}
+    chosen = choose_rendering({k: max(c.scores.values()) if c.scores else None
+                               for k, c in cals.items()})
+    return chosen, cals[chosen]
+
+
 def draw_support_subsets(pool: int, size: int, ensemble: int, seed: int) -> list[np.ndarray]:
     """Sorted support indices for each ensemble member (all of them when size >= pool)."""
     if size >= pool:
@@ -189,6 +227,7 @@ def segment(
     supports_normalized: bool = False,
     tiles: int | str = 1,
     tta: int = 1,
+    colour: str = DEFAULT_COLOUR,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -212,6 +251,10 @@ def segment(
     supports it stays 0.5. A number fixes the cut. ``Segmentation.thresholds`` says which.
     ``tta`` (1, 2, 4 or 8) averages every prediction over that many flipped and rotated
     copies of the whole task (:mod:`incontext.tta`), at ``tta`` times the cost.
+    ``colour`` renders (H, W, 3) colour images to grey: ``"luma"`` (default), ``"red"``,
+    ``"green"``, ``"blue"``, ``"fisher"`` (the support set's foreground/background channel
+    mix), or ``"auto"``: chosen per label by segmenting supports from the others
+    (:mod:`incontext.colour`); ``Segmentation.colours`` says which.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
@@ -226,6 +269,7 @@ def segment(
         raise SupportSetError(f"threshold must be in (0, 1) or 'auto', got {threshold!r}")
     try:
         check_tta(tta)
+        check_colour(colour)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
@@ -270,6 +314,13 @@ def segment(
                                                 window, normalized=supports_normalized))
             for g in options}
     size = sizes[max(options)]
+    use_colour = colour != DEFAULT_COLOUR and any(
+        colour_channels(im) is not None for im in (*queries, *s_images))
+    if use_colour:
+        rgb_q = {g: _prepare_colour(queries, sizes[g], "query", modality, window)
+                 for g in options}
+        rgb_s = {g: _prepare_colour(s_images, sizes[g], "support image", modality, window,
+                                    normalized=supports_normalized) for g in options}
     pool = len(s_images)
     k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
@@ -282,6 +333,7 @@ def segment(
     member_probs = torch.zeros((ensemble, n_lab, n_q, size, size))
     chosen: list[int] = []
     cuts: list[float] = []
+    colours: list[str] = []
     was_training = model.training
     model.eval()
     try:
@@ -289,6 +341,7 @@ def segment(
             if value not in present:
                 chosen.append(options[0])
                 cuts.append(base_cut)
+                colours.append(DEFAULT_COLOUR)
                 continue  # probability stays 0
             soft = {g: torch.stack([resize_mask_soft(pad_to_square(
                 (lab == value).astype(np.float32)), sizes[g]) for lab in label_maps])
@@ -297,18 +350,33 @@ def segment(
             t_lab = base_cut
             first = torch.from_numpy(subsets[0])
             big = max(options)
+            s_use, q_use, name, cal = s_by, q_by, DEFAULT_COLOUR, None
+            if use_colour:  # grey renderings of this label's task, the best one on the supports
+                rend = {g: renderings(candidates(colour), s_by[g].numpy(), q_by[g].numpy(),
+                                      rgb_s[g], rgb_q[g], soft[g].numpy()) for g in options}
+                names = [n for n in rend[big] if all(n in rend[g] for g in options)]
+                if names:
+                    s_rend = {n: {g: torch.from_numpy(rend[g][n][0]) for g in options}
+                              for n in names}
+                    name, cal = _pick_rendering(
+                        run, names, s_rend, soft, first, options,
+                        THRESHOLD_GRID if auto_threshold else (base_cut,), seed)
+                    s_use = s_rend[name]
+                    q_use = {g: torch.from_numpy(rend[g][name][1]) for g in options}
             if auto_threshold:  # tiling and cut that best segment the supports
-                cal = support_calibration(run.resized, s_by[big][first], soft[big][first],
-                                          options, THRESHOLD_GRID, seed=seed)
+                if cal is None:
+                    cal = support_calibration(run.resized, s_use[big][first], soft[big][first],
+                                              options, THRESHOLD_GRID, seed=seed)
                 g_lab, t_lab = cal.tiles, cal.threshold
             elif len(options) > 1:  # tiles "auto": the tiling that best segments the supports
-                g_lab, _ = choose_tiles(run.resized, s_by[big][first], soft[big][first],
+                g_lab, _ = choose_tiles(run.resized, s_use[big][first], soft[big][first],
                                         options, seed=seed)
             chosen.append(g_lab)
             cuts.append(t_lab)
+            colours.append(name)
             for m, subset in enumerate(subsets):
                 idx = torch.from_numpy(subset)
-                prob = run(g_lab, q_by[g_lab], s_by[g_lab][idx], soft[g_lab][idx])
+                prob = run(g_lab, q_use[g_lab], s_use[g_lab][idx], soft[g_lab][idx])
                 if auto_threshold:
                     prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)
@@ -330,7 +398,8 @@ def segment(
         mask = mask.astype(_label_dtype(wanted))
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
                                     uncertainty=unc.astype(np.float32), labels=list(wanted),
-                                    tiles=list(chosen), thresholds=list(cuts)))
+                                    tiles=list(chosen), thresholds=list(cuts),
+                                    colours=list(colours)))
     return results[0] if single else results
 
 

@@ -185,3 +185,29 @@ def test_benchmark_passes_colour_to_methods_that_use_it(tmp_path):
     assert args.model_colour == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark", "--index", "x.h5", "--model-colour", "cyan"])
+
+
+def test_segment_colour_auto_on_rgb_arrays():
+    from incontext.inference import SupportSetError, segment
+
+    _, labels, colour = hue_task(10, seed=9)
+    rgb = np.moveaxis(colour, 1, -1)  # (N, H, W, 3) as users hold them
+    lab = labels.astype(np.int64)
+    model = EchoQuery(32)
+    plain = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]))
+    auto = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]), colour="auto")
+
+    def dice(results):
+        p = np.stack([r.mask > 0 for r in results])
+        t = labels[8:] > 0
+        return 2 * (p & t).sum() / (p.sum() + t.sum())
+
+    assert plain[0].colours == ["luma"] and auto[0].colours[0] in ("red", "fisher")
+    assert dice(auto) > 0.8 and dice(plain) < 0.5
+    fixed = segment(model, rgb[8], list(rgb[:8]), list(lab[:8]), colour="red")
+    assert fixed.colours == ["red"]
+    grey = segment(model, labels[8].astype(np.float32), list(labels[:8].astype(np.float32)),
+                   list(lab[:8]), colour="auto")
+    assert grey.colours == ["luma"]  # grey images: nothing to choose
+    with pytest.raises(SupportSetError, match="colour"):
+        segment(model, rgb[8], list(rgb[:8]), list(lab[:8]), colour="cyan")

@@ -445,3 +445,32 @@ def test_threshold_auto_is_refused_for_volumes(tmp_path, model_path, capsys):
                     "--query", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "o"),
                     "--model", str(model_path), "--threshold", "auto"])
     assert code == 2 and "for 2D images" in capsys.readouterr().err
+
+
+def test_colour_option_passes_rgb_and_the_choice(tmp_path, model_path, monkeypatch, capsys):
+    import incontext.inference as inference
+
+    seen = []
+    real = inference.segment
+
+    def spy(model, query, support_images, *args, **kwargs):
+        result = real(model, query, support_images, *args, **kwargs)
+        seen.append((np.asarray(query).ndim, [np.asarray(s).ndim for s in support_images],
+                     kwargs["colour"], result.colours))
+        return result
+
+    monkeypatch.setattr(inference, "segment", spy)
+    sup = make_2d_folder(tmp_path / "sup", n=4, colour=True)
+    query = sup / "images" / "case0.png"
+    base = ["segment", "--support-dir", str(sup), "--query", str(query), "--model",
+            str(model_path)]
+    assert run_cli(base + ["--out", str(tmp_path / "a"), "--colour", "auto"]) == 0
+    assert run_cli(base + ["--out", str(tmp_path / "b")]) == 0
+    (q_auto, s_auto, c_auto, chosen), (q_plain, s_plain, c_plain, plain) = seen
+    assert (q_auto, set(s_auto), c_auto) == (3, {3}, "auto")  # R, G, B reach segment
+    assert chosen[0] in ("luma", "red", "green", "blue", "fisher")
+    assert (q_plain, set(s_plain), c_plain, plain) == (2, {2}, "luma", ["luma"])
+    assert (tmp_path / "a" / "case0.png").exists()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(base + ["--out", str(tmp_path / "c"), "--colour", "cyan"])
+    assert exc.value.code == 2 and "--colour" in _err(capsys)

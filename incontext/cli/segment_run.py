@@ -94,6 +94,13 @@ class SupportSet:
     names: list[str]
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)
     normalized: bool = False  # images already in [0, 1] (index slices): no re-normalisation
+    colours: list[np.ndarray | None] = field(default_factory=list)  # (H, W, 3) colour images
+
+    def with_colour(self) -> list[np.ndarray]:
+        """Images as given to ``segment(colour=...)``: R, G, B where known, else grey."""
+        if not self.colours:
+            return self.images
+        return [g if c is None else c for g, c in zip(self.images, self.colours, strict=True)]
 
 
 def _load_file_supports(pairs: Sequence[SupportPair]) -> SupportSet:
@@ -107,7 +114,8 @@ def _load_file_supports(pairs: Sequence[SupportPair]) -> SupportSet:
     return SupportSet(images=[s.image.data for s in loaded], labels=[s.label for s in loaded],
                       ndim=dims.pop(), names=[str(s.pair.label) for s in loaded],
                       spacings=[s.image.nifti.spacing if s.image.nifti is not None else None
-                                for s in loaded])
+                                for s in loaded],
+                      colours=[s.image.colour for s in loaded])
 
 
 def _load_index_supports(path: str, task: str) -> SupportSet:
@@ -118,7 +126,9 @@ def _load_index_supports(path: str, task: str) -> SupportSet:
                        "does not have") from None
     if not Path(path).exists():
         raise CLIError(f"--support-index {path}: file not found")
-    split = TaskIndex.open(path).load_split(task, "train")
+    index = TaskIndex.open(path)
+    split = index.load_split(task, "train")
+    rgb = index.load_split_colour(task, "train") if hasattr(index, "load_split_colour") else None
     if isinstance(split, tuple):
         images, labels = split[0], split[1]
     elif isinstance(split, dict):
@@ -140,7 +150,8 @@ def _load_index_supports(path: str, task: str) -> SupportSet:
     return SupportSet(images=list(images.astype(np.float32)),
                       labels=list((labels > 0).astype(np.int64) if labels.max() <= 1 else labels),
                       ndim=2, names=[f"{path}:{task}[{i}]" for i in range(len(images))],
-                      normalized=True)
+                      normalized=True,
+                      colours=[] if rgb is None else list(np.moveaxis(rgb, 1, -1)))
 
 
 def load_supports(args: argparse.Namespace) -> SupportSet:
@@ -389,6 +400,8 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and args.threshold == "auto":
         raise CLIError("--threshold auto is for 2D images; give a number for volumes "
                        "(e.g. --threshold 0.5)")
+    if supports.ndim == 3 and getattr(args, "colour", "luma") != "luma":
+        raise CLIError("--colour is for 2D colour images; volumes are grey (leave it out)")
     if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
         args.threshold = 0.5 if supports.ndim == 3 else "auto"
     model = _load_model(args.model)
@@ -428,12 +441,15 @@ def _run(args: argparse.Namespace) -> int:
 def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window, args):
     from incontext.inference import segment
 
-    result = segment(model, query.data, supports.images, supports.labels,
+    colour = getattr(args, "colour", "luma")
+    use = colour != "luma"
+    result = segment(model, query.colour if use and query.colour is not None else query.data,
+                     supports.with_colour() if use else supports.images, supports.labels,
                      ensemble=args.ensemble, support_size=args.support_size,
                      threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
                      labels=wanted, modality=args.modality, window=window,
                      supports_normalized=supports.normalized, tiles=args.tiles,
-                     tta=args.tta)
+                     tta=args.tta, colour=colour)
     return result.mask, result.uncertainty
 
 

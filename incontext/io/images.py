@@ -10,7 +10,7 @@ import numpy as np
 
 from incontext.io.errors import ImageReadError
 from incontext.io.files import atomic_write
-from incontext.preprocessing import to_grayscale
+from incontext.preprocessing import colour_channels, to_grayscale
 
 
 def _open_array(path: Path, as_label: bool) -> np.ndarray:
@@ -43,6 +43,24 @@ def _open_array(path: Path, as_label: bool) -> np.ndarray:
     return array
 
 
+def read_image_and_colour(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a 2D raster image as grey (as :func:`read_image` does) and, when its channels
+    differ, its (H, W, 3) float32 R, G, B (None for grey images)."""
+    path = Path(path)
+    array = _open_array(path, False)
+    return _grey_of(array, path), colour_channels(array)
+
+
+def _grey_of(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return array
+    if array.shape[-1] not in (3, 4):
+        raise ImageReadError(f"{path}: unexpected image shape {array.shape}")
+    return to_grayscale(array, str(path))
+
+
 def read_image(path: str | os.PathLike, *, as_label: bool = False) -> np.ndarray:
     """Read a 2D raster as one channel (H, W).
 
@@ -52,21 +70,21 @@ def read_image(path: str | os.PathLike, *, as_label: bool = False) -> np.ndarray
     """
     path = Path(path)
     array = _open_array(path, as_label)
+    if not as_label:
+        return _grey_of(array, path)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
         return array
     if array.shape[-1] not in (3, 4):
         raise ImageReadError(f"{path}: unexpected image shape {array.shape}")
-    if as_label:
-        rgb = array[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1])
-                and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise ImageReadError(
-                f"{path}: colour label image; give a grey or palette label map whose "
-                "values are the labels (0 = background)")
-        return rgb[..., 0]
-    return to_grayscale(array, str(path))
+    rgb = array[..., :3]
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1])
+            and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise ImageReadError(
+            f"{path}: colour label image; give a grey or palette label map whose "
+            "values are the labels (0 = background)")
+    return rgb[..., 0]
 
 
 def _label_png_array(array: np.ndarray, path: Path) -> np.ndarray:

@@ -10,17 +10,19 @@ import numpy as np
 
 from incontext.io.errors import ImageReadError
 from incontext.io.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_kind
-from incontext.io.images import read_image
+from incontext.io.images import read_image, read_image_and_colour
 from incontext.io.nifti import NiftiImage, read_nifti
 
 
 @dataclass
 class LoadedImage:
-    """data: (H, W) for 2D files (colour already converted to grey), (X, Y, Z) for volumes."""
+    """data: (H, W) for 2D files (colour already converted to grey), (X, Y, Z) for volumes;
+    colour: (H, W, 3) R, G, B of a colour 2D image (None otherwise)."""
 
     path: Path
     data: np.ndarray
     nifti: NiftiImage | None = None
+    colour: np.ndarray | None = None
 
     @property
     def ndim(self) -> int:
@@ -40,7 +42,10 @@ def load_image(path: str | os.PathLike, *, as_label: bool = False) -> LoadedImag
     path = Path(path)
     kind = _require_kind(path)
     if kind == "raster":
-        return LoadedImage(path, read_image(path, as_label=as_label))
+        if as_label:
+            return LoadedImage(path, read_image(path, as_label=True))
+        grey, colour = read_image_and_colour(path)
+        return LoadedImage(path, grey, colour=colour)
     nii = read_nifti(path)
     data = nii.data
     if nii.spatial_ndim == 2 and data.ndim == 3:
