@@ -227,7 +227,7 @@ def segment(
     supports_normalized: bool = False,
     tiles: int | str = 1,
     tta: int = 1,
-    colour: str = DEFAULT_COLOUR,
+    colour: str = "auto",
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -251,10 +251,11 @@ def segment(
     supports it stays 0.5. A number fixes the cut. ``Segmentation.thresholds`` says which.
     ``tta`` (1, 2, 4 or 8) averages every prediction over that many flipped and rotated
     copies of the whole task (:mod:`incontext.tta`), at ``tta`` times the cost.
-    ``colour`` renders (H, W, 3) colour images to grey: ``"luma"`` (default), ``"red"``,
-    ``"green"``, ``"blue"``, ``"fisher"`` (the support set's foreground/background channel
-    mix), or ``"auto"``: chosen per label by segmenting supports from the others
-    (:mod:`incontext.colour`); ``Segmentation.colours`` says which.
+    ``colour`` renders (H, W, 3) colour images to grey: ``"luma"``, ``"red"``, ``"green"``,
+    ``"blue"``, ``"fisher"`` (the support set's foreground/background channel mix), or
+    ``"auto"`` (the default): chosen per label by segmenting supports from the others
+    (:mod:`incontext.colour`; luma unless another rendering does better on the supports);
+    ``Segmentation.colours`` says which. Grey images are unaffected.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:

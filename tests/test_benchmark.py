@@ -265,15 +265,17 @@ def test_end_to_end_with_model_and_all_baselines(index_paths, tmp_path):
         "--model", str(weights), "--support-sizes", "1,4", "--ensembles", "1,3",
         "--repeats", "2", "--method-repeats", "supervised-unet=1",
         "--baseline-option", "supervised-unet.steps=2", "--queries-per-task", "2",
+        "--method-repeats", "supervised-unet-rgb=1",
+        "--baseline-option", "supervised-unet-rgb.steps=2",
         "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
     data = json.loads((out / "results.json").read_text())
     methods = set(data["methods"])
-    assert methods == {"tiny", "supervised-unet", "nearest-support", "mean-label", "threshold",
-                       "prototype"}
+    assert methods == {"tiny", "supervised-unet", "supervised-unet-rgb", "nearest-support",
+                       "mean-label", "threshold", "prototype"}
     rows = data["rows"]
-    # 3 tasks x (5 baselines x 2 sizes + model x 2 sizes x 2 ensembles)
-    assert len(rows) == 3 * (5 * 2 + 2 * 2)
+    # 3 tasks x (6 baselines x 2 sizes + model x 2 sizes x 2 ensembles)
+    assert len(rows) == 3 * (6 * 2 + 2 * 2)
     assert {r["ensemble"] for r in rows if r["method"] == "tiny"} == {1, 3}
     assert {r["ensemble"] for r in rows if r["method"] != "tiny"} == {1}
     assert all(r["queries"] <= 2 for r in rows)

@@ -194,8 +194,8 @@ def test_segment_colour_auto_on_rgb_arrays():
     rgb = np.moveaxis(colour, 1, -1)  # (N, H, W, 3) as users hold them
     lab = labels.astype(np.int64)
     model = EchoQuery(32)
-    plain = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]))
-    auto = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]), colour="auto")
+    plain = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]), colour="luma")
+    auto = segment(model, list(rgb[8:]), list(rgb[:8]), list(lab[:8]))  # auto: the default
 
     def dice(results):
         p = np.stack([r.mask > 0 for r in results])

@@ -226,6 +226,15 @@ def test_3d_tiles(tmp_path, model_path):
     assert res.shape == nib.load(str(data / "labelsTr" / "la_001.nii.gz")).shape
 
 
+def test_colour_is_refused_for_volumes(tmp_path, model_path, capsys):
+    data = make_nnunet(tmp_path / "ds", n=2)
+    argv = ["segment", "--support-dir", str(data), "--query",
+            f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(tmp_path / "out"), "--model",
+            str(model_path), "--colour", "green"]
+    assert run_cli(argv) == 2
+    assert "--colour is for 2D colour images" in _err(capsys)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -464,8 +473,8 @@ def test_colour_option_passes_rgb_and_the_choice(tmp_path, model_path, monkeypat
     query = sup / "images" / "case0.png"
     base = ["segment", "--support-dir", str(sup), "--query", str(query), "--model",
             str(model_path)]
-    assert run_cli(base + ["--out", str(tmp_path / "a"), "--colour", "auto"]) == 0
-    assert run_cli(base + ["--out", str(tmp_path / "b")]) == 0
+    assert run_cli(base + ["--out", str(tmp_path / "a")]) == 0  # auto: the 2D default
+    assert run_cli(base + ["--out", str(tmp_path / "b"), "--colour", "luma"]) == 0
     (q_auto, s_auto, c_auto, chosen), (q_plain, s_plain, c_plain, plain) = seen
     assert (q_auto, set(s_auto), c_auto) == (3, {3}, "auto")  # R, G, B reach segment
     assert chosen[0] in ("luma", "red", "green", "blue", "fisher")

@@ -55,10 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=TTA_CHOICES, default=1, metavar="N",
                    help="average over N flipped/rotated copies of the task (1, 2, 4 or 8; "
                         "N times the cost; default 1)")
-    p.add_argument("--colour", choices=COLOUR_CHOICES, default="luma",
-                   help="2D colour images: grey rendering the model sees; luma (default), red, "
+    p.add_argument("--colour", choices=COLOUR_CHOICES, default=None,
+                   help="2D colour images: the grey rendering the model sees; luma, red, "
                         "green, blue, fisher (the supports' foreground/background channel mix) "
-                        "or auto = chosen per label by segmenting supports from the others")
+                        "or auto = chosen per label by segmenting supports from the others "
+                        "(default: auto; grey images and volumes are unaffected)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (default: auto for 2D images, "

@@ -400,8 +400,10 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and args.threshold == "auto":
         raise CLIError("--threshold auto is for 2D images; give a number for volumes "
                        "(e.g. --threshold 0.5)")
-    if supports.ndim == 3 and getattr(args, "colour", "luma") != "luma":
+    if supports.ndim == 3 and getattr(args, "colour", None) not in (None, "luma"):
         raise CLIError("--colour is for 2D colour images; volumes are grey (leave it out)")
+    if getattr(args, "colour", None) is None:  # the default: chosen on the supports in 2D
+        args.colour = "luma" if supports.ndim == 3 else "auto"
     if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
         args.threshold = 0.5 if supports.ndim == 3 else "auto"
     model = _load_model(args.model)
