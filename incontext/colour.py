@@ -39,13 +39,16 @@ def check_colour(colour: str) -> str:
 
 
 def check_rgb(rgb: np.ndarray, like: np.ndarray, what: str) -> np.ndarray:
-    """``rgb`` as float32 (N, 3, H, W) matching grey images ``like`` (N, H, W)."""
+    """``rgb`` as float32 (N, 3, H, W) in [0, 1] matching grey images ``like`` (N, H, W);
+    ValueError naming ``what`` otherwise."""
     rgb = np.asarray(rgb, dtype=np.float32)
     if rgb.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[0] != like.shape[0] \
             or rgb.shape[2:] != like.shape[1:]:
         raise ValueError(f"{what}: colour must be (N, 3, H, W) matching the grey images "
                          f"{tuple(like.shape)}, got {tuple(rgb.shape)}")
-    return rgb
+    if not np.isfinite(rgb).all() or (rgb.size and (rgb.min() < -1e-4 or rgb.max() > 1 + 1e-4)):
+        raise ValueError(f"{what}: colour values must be finite and in [0, 1]")
+    return np.clip(rgb, 0.0, 1.0)
 
 
 def fisher_weights(support_rgb: np.ndarray, support_labels: np.ndarray,

@@ -211,3 +211,14 @@ def test_segment_colour_auto_on_rgb_arrays():
     assert grey.colours == ["luma"]  # grey images: nothing to choose
     with pytest.raises(SupportSetError, match="colour"):
         segment(model, rgb[8], list(rgb[:8]), list(lab[:8]), colour="cyan")
+
+
+def test_model_method_refuses_colour_that_does_not_match():
+    grey, labels, colour = hue_task(6, seed=10)
+    method = ModelMethod(EchoQuery(32), colour="auto")
+    with pytest.raises(ValueError, match="support_colour"):
+        method.predict(grey[:4], labels[:4], grey[4:], seed=0, support_colour=colour[:3],
+                       query_colour=colour[4:])
+    with pytest.raises(ValueError, match="query_colour.*\\[0, 1\\]"):
+        method.predict(grey[:4], labels[:4], grey[4:], seed=0, support_colour=colour[:4],
+                       query_colour=colour[4:] * 255)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from incontext.baselines.base import Baseline, check_inputs
+from incontext.colour import check_rgb
 
 
 def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -262,8 +263,8 @@ class SupervisedUNetRGB(SupervisedUNet):
         if support_colour is None or query_colour is None:
             x_s, x_q = np.repeat(si[:, None], 3, axis=1), np.repeat(qi[:, None], 3, axis=1)
         else:
-            x_s = _check_colour(support_colour, si, "support_colour")
-            x_q = _check_colour(query_colour, qi, "query_colour")
+            x_s = check_rgb(support_colour, si, "support_colour")
+            x_q = check_rgb(query_colour, qi, "query_colour")
         out = np.asarray(self._predict(x_s, sl, x_q, seed=int(seed)), dtype=np.float32)
         if out.shape != qi.shape or not np.isfinite(out).all():
             raise RuntimeError(f"{self.name}: produced shape {out.shape} (expected {qi.shape}) "
@@ -273,14 +274,3 @@ class SupervisedUNetRGB(SupervisedUNet):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "input": "R, G, B (grey tasks: grey three times)"}
 
-
-def _check_colour(colour: np.ndarray, grey: np.ndarray, what: str) -> np.ndarray:
-    """(N, 3, H, W) float32 in [0, 1] matching the grey stack ``grey`` (N, H, W)."""
-    arr = np.asarray(colour, dtype=np.float32)
-    if arr.ndim != 4 or arr.shape[1] != 3 or arr.shape[0] != grey.shape[0] \
-            or arr.shape[2:] != grey.shape[1:]:
-        raise ValueError(f"{what}: expected (N, 3, H, W) matching the grey images "
-                         f"{grey.shape}, got {arr.shape}")
-    if not np.isfinite(arr).all() or (arr.size and (arr.min() < -1e-4 or arr.max() > 1 + 1e-4)):
-        raise ValueError(f"{what}: values must be finite and in [0, 1]")
-    return np.clip(arr, 0.0, 1.0)

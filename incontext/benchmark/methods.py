@@ -30,7 +30,14 @@ from incontext.calibration import (
     rescale_to_threshold,
     support_calibration,
 )
-from incontext.colour import DEFAULT_COLOUR, candidates, check_colour, choose_rendering, renderings
+from incontext.colour import (
+    DEFAULT_COLOUR,
+    candidates,
+    check_colour,
+    check_rgb,
+    choose_rendering,
+    renderings,
+)
 from incontext.inference import predict_probabilities
 from incontext.tiling import (
     check_tiles,
@@ -134,8 +141,8 @@ class ModelMethod:
             si_t, qi_t = torch.from_numpy(si), torch.from_numpy(qi)
             return si_t, qi_t, self._calibrate(si_t, sl_t, seed)
         options = renderings(candidates(self.colour), si, qi,
-                             np.asarray(support_colour, np.float32),
-                             np.asarray(query_colour, np.float32), sl)
+                             check_rgb(support_colour, si, "support_colour"),
+                             check_rgb(query_colour, qi, "query_colour"), sl)
         if not options:  # a fixed "fisher" with no foreground/background contrast: plain grey
             options = renderings((DEFAULT_COLOUR,), si, qi, support_colour, query_colour, sl)
         cals, scores = {}, {}

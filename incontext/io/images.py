@@ -51,14 +51,18 @@ def read_image_and_colour(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     return _grey_of(array, path), colour_channels(array)
 
 
-def _grey_of(array: np.ndarray, path: Path) -> np.ndarray:
+def _plane_or_colour(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W) or (H, W, 1) -> (H, W); (H, W, 3|4) as is; other shapes are an error."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        return array
-    if array.shape[-1] not in (3, 4):
+    if array.ndim != 2 and array.shape[-1] not in (3, 4):
         raise ImageReadError(f"{path}: unexpected image shape {array.shape}")
-    return to_grayscale(array, str(path))
+    return array
+
+
+def _grey_of(array: np.ndarray, path: Path) -> np.ndarray:
+    array = _plane_or_colour(array, path)
+    return array if array.ndim == 2 else to_grayscale(array, str(path))
 
 
 def read_image(path: str | os.PathLike, *, as_label: bool = False) -> np.ndarray:
@@ -72,12 +76,9 @@ def read_image(path: str | os.PathLike, *, as_label: bool = False) -> np.ndarray
     array = _open_array(path, as_label)
     if not as_label:
         return _grey_of(array, path)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = _plane_or_colour(array, path)
     if array.ndim == 2:
         return array
-    if array.shape[-1] not in (3, 4):
-        raise ImageReadError(f"{path}: unexpected image shape {array.shape}")
     rgb = array[..., :3]
     if not (np.array_equal(rgb[..., 0], rgb[..., 1])
             and np.array_equal(rgb[..., 0], rgb[..., 2])):
