@@ -222,3 +222,21 @@ def test_model_method_refuses_colour_that_does_not_match():
     with pytest.raises(ValueError, match="query_colour.*\\[0, 1\\]"):
         method.predict(grey[:4], labels[:4], grey[4:], seed=0, support_colour=colour[:4],
                        query_colour=colour[4:] * 255)
+
+
+def test_benchmark_notes_when_colour_is_asked_of_grey_indexes(tmp_path):
+    grey, labels, _ = hue_task(10, seed=12)
+    _write_pairs(tmp_path / "src", (grey * 255).round().astype(np.uint8), labels)
+    out = tmp_path / "grey.h5"
+    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
+                recipe_options={"dataset": "grey"})
+    from incontext.benchmark import run_benchmark
+
+    model = EchoQuery(32)
+    model.benchmark_name = "echo"
+    res = run_benchmark(out, model=model, baselines=None, support_sizes=[2], ensembles=[1],
+                        repeats=1, model_colour="auto", progress=False, plots=False)
+    assert any("no task has R, G, B" in n and "echo-colour-auto" in n for n in res.notes)
+    plain = run_benchmark(out, model=model, baselines=None, support_sizes=[2], ensembles=[1],
+                          repeats=1, progress=False, plots=False)
+    assert not any("R, G, B" in n for n in plain.notes)

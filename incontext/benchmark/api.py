@@ -149,6 +149,16 @@ def run_benchmark(
                                indexes=[str(p) for p in opened.paths], out_dir=out, notes=notes)
     try:
         task_names = select_tasks(opened, tasks)
+        colour_users = [m.name for m in all_methods if getattr(m, "uses_colour", False)]
+        if colour_users and not any(opened.has_colour(t) for t in task_names):
+            note = (f"{', '.join(colour_users)}: no task has R, G, B in these indexes (grey "
+                    "sources, or indexes built before colour was stored: rebuild them with "
+                    "`incontext index build`), so they ran on the grey images")
+            notes.append(note)
+            if progress:
+                from rich.console import Console
+
+                (console or Console()).print(f"[yellow]note:[/] {note}")
         rows_per_task = sum(len(config.support_sizes)
                             * (len(config.ensembles) if getattr(m, "ensembles", False) else 1)
                             for m in all_methods)
