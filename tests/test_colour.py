@@ -125,6 +125,9 @@ def test_index_stores_colour_beside_the_grey_image(tmp_path):
             np.testing.assert_array_equal(g["colour"][grey_row, c], g["images"][grey_row])
         red_row = rows["case_000"]
         assert not np.array_equal(g["colour"][red_row, 0], g["colour"][red_row, 2])
+    from incontext.data import summarize
+
+    assert summarize(out)["datasets"][0]["colour"] is True
     index = TaskIndex(out)
     task = index.tasks[0].name
     images, _, ids = index.load_split(task, "train")
@@ -146,6 +149,9 @@ def test_grey_sources_store_no_colour(tmp_path):
     index = TaskIndex(out)
     task = index.tasks[0].name
     assert not index.has_colour(task) and index.load_split_colour(task, "train") is None
+    from incontext.data import summarize
+
+    assert summarize(out)["datasets"][0]["colour"] is False
     assert load_task(index, task).pool_colour is None
 
 

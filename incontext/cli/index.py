@@ -127,7 +127,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     console = Console()
     ds_table = Table(title="datasets")
     for col in ("dataset", "modality", "labels", "sub-datasets", "subjects train/val/test",
-                "slices train/val/test", "size", "skipped"):
+                "slices train/val/test", "size", "colour", "skipped"):
         ds_table.add_column(col, no_wrap=col == "dataset")
     for d in summary["datasets"]:
         ds_table.add_row(
@@ -135,7 +135,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             ", ".join(s or "-" for s in d["sub_datasets"]),
             "/".join(str(d["subjects"][s]) for s in ("train", "val", "test")),
             "/".join(str(d["slices"][s]) for s in ("train", "val", "test")),
-            "x".join(map(str, d["image_shape"])), str(d["skipped"]))
+            "x".join(map(str, d["image_shape"])), "R, G, B" if d.get("colour") else "grey",
+            str(d["skipped"]))
     console.print(ds_table)
     task_table = Table(title=f"{len(summary['tasks'])} tasks")
     for col in ("task", "modality", "plane", "label", "train", "val", "test", "non-empty"):

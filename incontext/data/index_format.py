@@ -272,6 +272,7 @@ def summarize(path_or_paths) -> dict:
                                  for i, s in enumerate(SPLITS)},
                     "slices": {s: int((meta.split == i).sum()) for i, s in enumerate(SPLITS)},
                     "image_shape": list(f["datasets"][key]["images"].shape[1:]),
+                    "colour": "colour" in f["datasets"][key],
                     "skipped": len(meta.log),
                     "source": meta.attrs.get("source", ""),
                     "license": meta.attrs.get("license", ""),
