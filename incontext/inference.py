@@ -228,6 +228,7 @@ def segment(
     tiles: int | str = 1,
     tta: int = 1,
     colour: str = "auto",
+    reuse: dict[int, tuple[int, float, str]] | None = None,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -256,6 +257,10 @@ def segment(
     ``"auto"`` (the default): chosen per label by segmenting supports from the others
     (:mod:`incontext.colour`; luma unless another rendering does better on the supports);
     ``Segmentation.colours`` says which. Grey images are unaffected.
+    ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
+    rendering); pass the same dict to later calls with the **same supports and settings**
+    (e.g. one call per query file) and the support-set checks run only once. The choices
+    depend on the supports alone, so the results are the same as without it.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
@@ -351,20 +356,26 @@ def segment(
             t_lab = base_cut
             first = torch.from_numpy(subsets[0])
             big = max(options)
+            known = None if reuse is None else reuse.get(value)
             s_use, q_use, name, cal = s_by, q_by, DEFAULT_COLOUR, None
             if use_colour:  # grey renderings of this label's task, the best one on the supports
-                rend = {g: renderings(candidates(colour), s_by[g].numpy(), q_by[g].numpy(),
+                names = (known[2],) if known is not None else candidates(colour)
+                rend = {g: renderings(names, s_by[g].numpy(), q_by[g].numpy(),
                                       rgb_s[g], rgb_q[g], soft[g].numpy()) for g in options}
                 names = [n for n in rend[big] if all(n in rend[g] for g in options)]
                 if names:
                     s_rend = {n: {g: torch.from_numpy(rend[g][n][0]) for g in options}
                               for n in names}
-                    name, cal = _pick_rendering(
-                        run, names, s_rend, soft, first, options,
-                        THRESHOLD_GRID if auto_threshold else (base_cut,), seed)
+                    name = names[0]
+                    if known is None:
+                        name, cal = _pick_rendering(
+                            run, names, s_rend, soft, first, options,
+                            THRESHOLD_GRID if auto_threshold else (base_cut,), seed)
                     s_use = s_rend[name]
                     q_use = {g: torch.from_numpy(rend[g][name][1]) for g in options}
-            if auto_threshold:  # tiling and cut that best segment the supports
+            if known is not None:  # chosen by an earlier call with the same supports
+                g_lab, t_lab = int(known[0]), float(known[1])
+            elif auto_threshold:  # tiling and cut that best segment the supports
                 if cal is None:
                     cal = support_calibration(run.resized, s_use[big][first], soft[big][first],
                                               options, THRESHOLD_GRID, seed=seed)
@@ -372,6 +383,8 @@ def segment(
             elif len(options) > 1:  # tiles "auto": the tiling that best segments the supports
                 g_lab, _ = choose_tiles(run.resized, s_use[big][first], soft[big][first],
                                         options, seed=seed)
+            if reuse is not None:
+                reuse[value] = (g_lab, t_lab, name)
             chosen.append(g_lab)
             cuts.append(t_lab)
             colours.append(name)

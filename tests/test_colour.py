@@ -246,3 +246,33 @@ def test_benchmark_notes_when_colour_is_asked_of_grey_indexes(tmp_path):
     plain = run_benchmark(out, model=model, baselines=None, support_sizes=[2], ensembles=[1],
                           repeats=1, progress=False, plots=False)
     assert not any("R, G, B" in n for n in plain.notes)
+
+
+class CountingEcho(EchoQuery):
+    def __init__(self, resolution: int = 32) -> None:
+        super().__init__(resolution)
+        self.calls = 0
+
+    def forward(self, target, images, labels):
+        self.calls += 1
+        return super().forward(target, images, labels)
+
+
+def test_segment_reuse_runs_the_support_checks_once_with_the_same_result():
+    from incontext.inference import segment
+
+    _, labels, colour = hue_task(12, seed=13)
+    rgb = np.moveaxis(colour, 1, -1)
+    lab = labels.astype(np.int64)
+    model = CountingEcho(32)
+    fresh = [segment(model, rgb[q], list(rgb[:8]), list(lab[:8])) for q in (8, 9, 10)]
+    per_call = model.calls // 3
+    model.calls = 0
+    reuse: dict = {}
+    kept = [segment(model, rgb[q], list(rgb[:8]), list(lab[:8]), reuse=reuse) for q in (8, 9, 10)]
+    assert set(reuse) == {1} and reuse[1][2] == fresh[0].colours[0]
+    assert model.calls < per_call + 2 * (per_call // 10 + 2)  # checks once, then one pass each
+    for a, b in zip(fresh, kept, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+        assert (a.tiles, a.thresholds, a.colours) == (b.tiles, b.thresholds, b.colours)

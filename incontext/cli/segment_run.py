@@ -409,6 +409,7 @@ def _run(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     console = Console(stderr=True)
     results: list[FileResult] = []
+    reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -425,7 +426,7 @@ def _run(args: argparse.Namespace) -> int:
                                                       args, progress, slices_task)
             else:
                 progress.update(slices_task, total=1, completed=0)
-                mask, unc = _segment_2d(model, query, supports, wanted, window, args)
+                mask, unc = _segment_2d(model, query, supports, wanted, window, args, reuse)
                 progress.update(slices_task, completed=1)
                 slices = 1
             mask = postprocess(mask, largest_component=args.largest_component,
@@ -440,7 +441,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window, args):
+def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window, args,
+                reuse: dict | None = None):
     from incontext.inference import segment
 
     colour = getattr(args, "colour", "luma")
@@ -451,7 +453,7 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                      threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
                      labels=wanted, modality=args.modality, window=window,
                      supports_normalized=supports.normalized, tiles=args.tiles,
-                     tta=args.tta, colour=colour)
+                     tta=args.tta, colour=colour, reuse=reuse)
     return result.mask, result.uncertainty
 
 
