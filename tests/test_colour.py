@@ -107,14 +107,20 @@ def _write_pairs(root, images, labels):
         Image.fromarray((lab * 255).astype(np.uint8)).save(root / "masks" / f"case_{i:03d}.png")
 
 
+def _built_index(tmp_path, images, labels, name: str):
+    """Write (image, label) PNG pairs and build a png-pairs index of them at 32 px."""
+    _write_pairs(tmp_path / "src", images, labels)
+    out = tmp_path / f"{name}.h5"
+    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
+                recipe_options={"dataset": name})
+    return out
+
+
 def test_index_stores_colour_beside_the_grey_image(tmp_path):
     _, labels, colour = hue_task(10, seed=4)
     rgb8 = (np.moveaxis(colour, 1, -1) * 255).round().astype(np.uint8)
     rgb8[3] = rgb8[3, ..., :1]  # one grey image in a colour dataset
-    _write_pairs(tmp_path / "src", rgb8, labels)
-    out = tmp_path / "toy.h5"
-    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
-                recipe_options={"dataset": "toy"})
+    out = _built_index(tmp_path, rgb8, labels, "toy")
     assert validate(out) == []
     with h5py.File(out) as f:
         g = f["datasets/toy"]
@@ -142,10 +148,7 @@ def test_index_stores_colour_beside_the_grey_image(tmp_path):
 
 def test_grey_sources_store_no_colour(tmp_path):
     grey, labels, _ = hue_task(6, seed=6)
-    _write_pairs(tmp_path / "src", (grey * 255).round().astype(np.uint8), labels)
-    out = tmp_path / "grey.h5"
-    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
-                recipe_options={"dataset": "grey"})
+    out = _built_index(tmp_path, (grey * 255).round().astype(np.uint8), labels, "grey")
     index = TaskIndex(out)
     task = index.tasks[0].name
     assert not index.has_colour(task) and index.load_split_colour(task, "train") is None
@@ -157,10 +160,8 @@ def test_grey_sources_store_no_colour(tmp_path):
 
 def test_validate_reports_a_bad_colour_array(tmp_path):
     _, labels, colour = hue_task(6, seed=7)
-    _write_pairs(tmp_path / "src", (np.moveaxis(colour, 1, -1) * 255).astype(np.uint8), labels)
-    out = tmp_path / "toy.h5"
-    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
-                recipe_options={"dataset": "toy"})
+    rgb8 = (np.moveaxis(colour, 1, -1) * 255).astype(np.uint8)
+    out = _built_index(tmp_path, rgb8, labels, "toy")
     with h5py.File(out, "a") as f:
         del f["datasets/toy/colour"]
         f["datasets/toy"].create_dataset("colour", data=np.zeros((6, 2, 32, 32), np.uint8))
@@ -169,11 +170,8 @@ def test_validate_reports_a_bad_colour_array(tmp_path):
 
 def test_benchmark_passes_colour_to_methods_that_use_it(tmp_path):
     _, labels, colour = hue_task(24, seed=8)
-    _write_pairs(tmp_path / "src", (np.moveaxis(colour, 1, -1) * 255).round().astype(np.uint8),
-                 labels)
-    out = tmp_path / "toy.h5"
-    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
-                recipe_options={"dataset": "toy"})
+    rgb8 = (np.moveaxis(colour, 1, -1) * 255).round().astype(np.uint8)
+    out = _built_index(tmp_path, rgb8, labels, "toy")
     from incontext.benchmark import run_benchmark
     from incontext.cli import build_parser
 
@@ -232,10 +230,7 @@ def test_model_method_refuses_colour_that_does_not_match():
 
 def test_benchmark_notes_when_colour_is_asked_of_grey_indexes(tmp_path):
     grey, labels, _ = hue_task(10, seed=12)
-    _write_pairs(tmp_path / "src", (grey * 255).round().astype(np.uint8), labels)
-    out = tmp_path / "grey.h5"
-    build_index("png-pairs", tmp_path / "src", out, size=32, progress=False,
-                recipe_options={"dataset": "grey"})
+    out = _built_index(tmp_path, (grey * 255).round().astype(np.uint8), labels, "grey")
     from incontext.benchmark import run_benchmark
 
     model = EchoQuery(32)
