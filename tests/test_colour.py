@@ -271,3 +271,41 @@ def test_segment_reuse_runs_the_support_checks_once_with_the_same_result():
         np.testing.assert_array_equal(a.mask, b.mask)
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
         assert (a.tiles, a.thresholds, a.colours) == (b.tiles, b.thresholds, b.colours)
+
+
+def test_training_episodes_rendered_from_colour(tmp_path):
+    from incontext.training.config import ConfigError, config_from_dict
+    from incontext.training.sources import IndexSource, SourceError, render_episode
+
+    _, labels, colour = hue_task(12, seed=10)
+    rgb8 = (np.moveaxis(colour, 1, -1) * 255).round().astype(np.uint8)
+    index = TaskIndex(_built_index(tmp_path, rgb8, labels, "toy"))
+    task = index.tasks[0].name
+    plain = index.episode(task, "train", 3, 1, np.random.default_rng(0))
+    ep = index.episode(task, "train", 3, 1, np.random.default_rng(0), with_colour=True)
+    assert plain.support_colour is None
+    assert ep.support_colour.shape == (3, 3, 32, 32) and ep.query_colour.shape == (1, 3, 32, 32)
+    np.testing.assert_array_equal(ep.support_images, plain.support_images)  # same draw
+    green = render_episode(ep, "green")
+    np.testing.assert_array_equal(green.query_images, ep.query_colour[:, 1])
+    np.testing.assert_array_equal(green.support_labels, ep.support_labels)
+    assert render_episode(plain, "green") is plain  # nothing to render from
+
+    # p = 1: every episode differs from luma; p = 0 draws exactly what it always did
+    luma_src = IndexSource(index, 32)
+    always = IndexSource(index, 32, colour_render_p=1.0)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    before = [luma_src.sample(a, 4).query_images for _ in range(6)]
+    recoloured = [always.sample(b, 4).query_images for _ in range(6)]
+    assert all(not np.allclose(x, y) for x, y in zip(before, recoloured, strict=True))
+    again = IndexSource(index, 32, colour_render_p=0.0).sample(np.random.default_rng(3), 4)
+    np.testing.assert_array_equal(again.query_images, before[0])
+    with pytest.raises(SourceError, match="colour_render_p"):
+        IndexSource(index, 32, colour_render_p=1.5)
+    grey_index = TaskIndex(_built_index(tmp_path / "grey", (colour[:, 0] * 255).astype(
+        np.uint8), labels, "grey"))
+    with pytest.raises(SourceError, match="no dataset of the index"):
+        IndexSource(grey_index, 32, colour_render_p=0.5)
+    assert config_from_dict({"data": {"colour_render_p": 0.5}}).data.colour_render_p == 0.5
+    with pytest.raises(ConfigError, match="colour_render_p"):
+        config_from_dict({"data": {"colour_render_p": -0.1}})

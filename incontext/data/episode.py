@@ -24,6 +24,10 @@ class Episode:
     query_subjects: list[str] = field(default_factory=list)
     dataset: str = ""
     spacing: tuple[float, float] | None = None  # mm per pixel at this resolution, if known
+    # R, G, B of the same images, (S, 3, H, W) / (Q, 3, H, W) in [0, 1]; only when asked for
+    # (``TaskIndex.episode(with_colour=True)``) and the dataset stores them
+    support_colour: np.ndarray | None = None
+    query_colour: np.ndarray | None = None
 
     @property
     def support_size(self) -> int:

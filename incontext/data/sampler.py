@@ -197,6 +197,14 @@ class TaskIndex:
                 return np.stack([dset[int(r), label] for r in rows])
         return cached[rows]
 
+    def _colour_rows(self, gi: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 3, H, W) float32 R, G, B in [0, 1] of a dataset that stores them."""
+        dset = self._file(gi)["colour"]
+        data = np.stack([dset[int(r)] for r in rows]) if rows.size else np.zeros(
+            (0, *dset.shape[1:]), dset.dtype)
+        scale = np.float32(1 / 255) if data.dtype == np.uint8 else np.float32(1)
+        return data.astype(np.float32) * scale
+
     def _slices(self, gi: int, label: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = self._read(gi, "images", label, rows)
         if images.dtype == np.uint8:
@@ -227,12 +235,7 @@ class TaskIndex:
         _, gi, _ = self._entry(task_name)
         if not self.has_colour(task_name):
             return None
-        rows = np.sort(self.pool(task_name, split, skip_empty).rows)
-        dset = self._file(gi)["colour"]
-        data = np.stack([dset[int(r)] for r in rows]) if rows.size else np.zeros(
-            (0, *dset.shape[1:]), dset.dtype)
-        scale = np.float32(1 / 255) if data.dtype == np.uint8 else np.float32(1)
-        return data.astype(np.float32) * scale
+        return self._colour_rows(gi, np.sort(self.pool(task_name, split, skip_empty).rows))
 
     def split_spacing(self, task_name: str, split: str, skip_empty: bool = False
                       ) -> np.ndarray:
@@ -246,13 +249,15 @@ class TaskIndex:
     # -- episodes ---------------------------------------------------------------------------
     def episode(self, task_name: str, split: str, support_size: int, n_queries: int,
                 rng: np.random.Generator, skip_empty: bool = False,
-                support_split: str | None = None) -> Episode:
+                support_split: str | None = None, with_colour: bool = False) -> Episode:
         """A seeded support set and queries of one task; support and queries share no subject.
 
         Queries come from ``min(n_queries, subjects - 1)`` distinct subjects; the support from
         the other subjects, one slice per subject when there are enough, else slices drawn
         from them without (or, when still too few, with) replacement. Everything comes from
-        ``split`` unless ``support_split`` names another split for the support.
+        ``split`` unless ``support_split`` names another split for the support. With
+        ``with_colour`` the episode also carries R, G, B (``support_colour``,
+        ``query_colour``) when the dataset stores them.
         """
         info, gi, _ = self._entry(task_name)
         if support_size < 1 or n_queries < 0:
@@ -291,6 +296,8 @@ class TaskIndex:
         meta = self._groups[gi][2]
         spacing = meta.spacing[rows[-1]]
         S = support_size
+        colour = self._colour_rows(gi, rows) if with_colour and self.has_colour(task_name) \
+            else None
         return Episode(
             task=task_name,
             support_images=images[:S], support_labels=labels[:S],
@@ -300,6 +307,8 @@ class TaskIndex:
             dataset=info.dataset,
             spacing=(float(spacing[0]), float(spacing[1])) if np.isfinite(spacing).all()
             else None,
+            support_colour=None if colour is None else colour[:S],
+            query_colour=None if colour is None else colour[S:],
         )
 
     @staticmethod

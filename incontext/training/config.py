@@ -52,6 +52,8 @@ class DataConfig:
     synthetic_ratio: float = 0.0
     synthetic_thin_ratio: float = 0.0  # share of synthetic episodes from thin-structure tasks
     dataset_weights: dict[str, float] = field(default_factory=dict)
+    # share of colour datasets' training episodes rendered red, green, blue or Fisher mix
+    colour_render_p: float = 0.0
     skip_empty: bool = True
     train_split: str = "train"
     val_split: str = "val"
@@ -310,6 +312,7 @@ def _check_values(cfg: TrainConfig) -> None:
     ordered(sizes, "data.support_size")
     prob(d.synthetic_ratio, "data.synthetic_ratio")
     prob(d.synthetic_thin_ratio, "data.synthetic_thin_ratio")
+    prob(d.colour_render_p, "data.colour_render_p")
     for k, v in d.dataset_weights.items():
         positive(v, f"data.dataset_weights.{k}", allow_zero=True)
     for key in ("synthetic_tasks", "synthetic_subjects", "synthetic_cache", "val_support_size",

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
+from incontext.colour import renderings
 from incontext.data.episode import Episode
 from incontext.preprocessing import resize_image, resize_mask_nearest
 
 SyntheticGenerator = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+# what ``colour_render_p`` renders a colour episode to instead of the stored luma
+TRAINING_RENDERINGS: tuple[str, ...] = ("red", "green", "blue", "fisher")
 
 
 class SourceError(ValueError):
@@ -61,6 +66,21 @@ def _resize_episode(episode: Episode, size: int) -> Episode:
         support_subjects=list(episode.support_subjects),
         query_subjects=list(episode.query_subjects), spacing=None,
     )
+
+
+def render_episode(episode: Episode, rendering: str) -> Episode:
+    """``episode`` with its grey images replaced by ``rendering`` of its R, G, B
+    (:func:`incontext.colour.renderings`); unchanged when it carries no colour or the
+    rendering is undefined (``fisher`` without foreground or background)."""
+    if episode.support_colour is None or episode.query_colour is None:
+        return episode
+    out = renderings((rendering,), episode.support_images, episode.query_images,
+                     episode.support_colour, episode.query_colour, episode.support_labels)
+    if rendering not in out:
+        return episode
+    support, query = out[rendering]
+    return replace(episode, support_images=np.ascontiguousarray(support, np.float32),
+                   query_images=np.ascontiguousarray(query, np.float32))
 
 
 def _pick_subjects(rng: np.random.Generator, n: int, support_size: int,
@@ -236,12 +256,19 @@ class IndexSource:
     (default 1 each; 0 excludes it), then one of its tasks uniformly; every task
     is one binary label, so multi-label datasets are sampled a label at a time.
     With ``skip_empty`` only slices showing the label are used. Episodes are
-    resized to ``resolution`` when the index stores another size.
+    resized to ``resolution`` when the index stores another size. With
+    ``colour_render_p`` > 0, that share of the training episodes of datasets storing
+    R, G, B is rendered to grey another way than luma (:data:`TRAINING_RENDERINGS`, one
+    drawn per episode, the same for supports and queries: what ``colour="auto"`` may
+    feed the model at inference); validation episodes stay luma.
     """
 
     def __init__(self, index: Any, resolution: int, split: str = "train", val_split: str = "val",
                  dataset_weights: dict[str, float] | None = None, skip_empty: bool = True,
-                 name: str = "index") -> None:
+                 name: str = "index", colour_render_p: float = 0.0) -> None:
+        if not 0.0 <= colour_render_p <= 1.0:
+            raise SourceError(f"colour_render_p must be in [0, 1], got {colour_render_p}")
+        self.colour_render_p = float(colour_render_p)
         self.index = index
         self.resolution = resolution
         self.split = split
@@ -264,6 +291,12 @@ class IndexSource:
         self.tasks = {d: sorted(by_dataset[d]) for d in self.datasets}
         w = np.array([weights.get(d, 1.0) for d in self.datasets], dtype=np.float64)
         self.dataset_p = w / w.sum()
+        if self.colour_render_p > 0 and not any(index.has_colour(self.tasks[d][0])
+                                                for d in self.datasets):
+            raise SourceError(
+                f"data.colour_render_p = {self.colour_render_p:g}, but no dataset of the "
+                f"index(es) stores R, G, B (grey sources, or indexes built before colour was "
+                f"stored: rebuild them with this version)")
 
     def _subjects(self, task: str, split: str) -> int:
         return int(self.index.pool(task, split, self.skip_empty).n_subjects)
@@ -272,8 +305,17 @@ class IndexSource:
         dataset = self.datasets[int(rng.choice(len(self.datasets), p=self.dataset_p))]
         tasks = self.tasks[dataset]
         task = tasks[int(rng.integers(len(tasks)))]
-        episode = self.index.episode(task, self.split, support_size, n_queries, rng,
-                                     skip_empty=self.skip_empty)
+        # no extra draw when the option is off, so earlier runs replay unchanged
+        recolour = self.colour_render_p > 0 and rng.random() < self.colour_render_p \
+            and self.index.has_colour(task)
+        if recolour:
+            episode = self.index.episode(task, self.split, support_size, n_queries, rng,
+                                         skip_empty=self.skip_empty, with_colour=True)
+            episode = render_episode(episode, TRAINING_RENDERINGS[
+                int(rng.integers(len(TRAINING_RENDERINGS)))])
+        else:
+            episode = self.index.episode(task, self.split, support_size, n_queries, rng,
+                                         skip_empty=self.skip_empty)
         return _resize_episode(episode, self.resolution)
 
     def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
