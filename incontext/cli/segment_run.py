@@ -6,7 +6,8 @@ Queries are a file, a folder or a glob. Outputs go to ``--out``: a label map per
 query (PNG for 2D, NIfTI on the query's exact grid for NIfTI input), optionally
 overlays and uncertainty maps. See docs/segment.md.
 
-The work behind ``incontext segment`` (its parser is in ``incontext.cli.segment``).
+The work behind ``incontext segment`` (its parser is in ``incontext.cli.segment``; the
+support set is loaded in ``segment_supports``, outputs are written by ``segment_outputs``).
 """
 
 from __future__ import annotations
@@ -14,39 +15,24 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from incontext.cli import CLIError
+from incontext.cli.segment_outputs import planned_outputs, write_outputs
+from incontext.cli.segment_supports import SupportSet, check_support_labels, load_supports
 from incontext.io import (
     ImageReadError,
     LoadedImage,
-    file_kind,
     list_image_files,
     load_image,
     probe_ndim,
-    strip_image_suffix,
-    write_nifti_like,
-    write_png,
 )
 from incontext.io.files import check_writable
-from incontext.io.supports import (
-    LoadedSupport,
-    SupportPair,
-    find_support_pairs,
-    load_support,
-    parse_support_arg,
-)
 from incontext.postprocess import postprocess
 from incontext.volumes import choose_axis, resolve_window, slice_steps
-
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
-                    [210, 245, 60], [250, 190, 212]], dtype=np.float32)
-
 
 # ----------------------------------------------------------------------------- options
 
@@ -81,221 +67,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-supports must be >= 1, got {args.max_supports}")
     if args.threshold not in (None, "auto") and not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must be in (0, 1) or auto, got {args.threshold}")
-
-
-# ----------------------------------------------------------------------------- supports
-
-
-@dataclass
-class SupportSet:
-    images: list[np.ndarray]
-    labels: list[np.ndarray]
-    ndim: int
-    names: list[str]
-    spacings: list[tuple[float, ...] | None] = field(default_factory=list)
-    normalized: bool = False  # images already in [0, 1] (index slices): no re-normalisation
-    colours: list[np.ndarray | None] = field(default_factory=list)  # (H, W, 3) colour images
-
-    def with_colour(self) -> list[np.ndarray]:
-        """Images as given to ``segment(colour=...)``: R, G, B where known, else grey."""
-        if not self.colours:
-            return self.images
-        return [g if c is None else c for g, c in zip(self.images, self.colours, strict=True)]
-
-
-def _load_file_supports(pairs: Sequence[SupportPair]) -> SupportSet:
-    loaded: list[LoadedSupport] = [load_support(p) for p in pairs]
-    dims = {s.image.ndim for s in loaded}
-    if len(dims) > 1:
-        first = loaded[0]
-        odd = next(s for s in loaded if s.image.ndim != first.image.ndim)
-        raise CLIError(f"supports mix 2D and 3D: {odd.pair.image} is {odd.image.ndim}D but "
-                       f"{first.pair.image} is {first.image.ndim}D")
-    return SupportSet(images=[s.image.data for s in loaded], labels=[s.label for s in loaded],
-                      ndim=dims.pop(), names=[str(s.pair.label) for s in loaded],
-                      spacings=[s.image.nifti.spacing if s.image.nifti is not None else None
-                                for s in loaded],
-                      colours=[s.image.colour for s in loaded])
-
-
-def _load_index_supports(path: str, task: str) -> SupportSet:
-    try:
-        from incontext.data import TaskIndex  # written alongside; imported lazily
-    except ImportError:
-        raise CLIError("--support-index needs incontext.data.TaskIndex, which this version "
-                       "does not have") from None
-    if not Path(path).exists():
-        raise CLIError(f"--support-index {path}: file not found")
-    index = TaskIndex.open(path)
-    split = index.load_split(task, "train")
-    rgb = index.load_split_colour(task, "train") if hasattr(index, "load_split_colour") else None
-    if isinstance(split, tuple):
-        images, labels = split[0], split[1]
-    elif isinstance(split, dict):
-        images, labels = split["images"], split.get("labels", split.get("masks"))
-    else:
-        images = split.images
-        labels = getattr(split, "labels", None)
-        labels = labels if labels is not None else split.masks
-    images, labels = np.asarray(images), np.asarray(labels)
-    if labels.ndim == 4:  # (N, L, H, W) binary masks -> label map 1..L
-        lab = np.zeros(labels.shape[:1] + labels.shape[2:], dtype=np.int64)
-        for li in range(labels.shape[1]):
-            lab[labels[:, li] > 0] = li + 1
-        labels = lab
-    if images.ndim == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if len(images) == 0:
-        raise CLIError(f"--support-index {path}: task {task!r} has no training entries")
-    return SupportSet(images=list(images.astype(np.float32)),
-                      labels=list((labels > 0).astype(np.int64) if labels.max() <= 1 else labels),
-                      ndim=2, names=[f"{path}:{task}[{i}]" for i in range(len(images))],
-                      normalized=True,
-                      colours=[] if rgb is None else list(np.moveaxis(rgb, 1, -1)))
-
-
-def load_supports(args: argparse.Namespace) -> SupportSet:
-    if args.support_index is not None:
-        return _load_index_supports(args.support_index, args.task)
-    if args.support is not None:
-        pairs = [parse_support_arg(s) for s in args.support]
-    else:
-        pairs = find_support_pairs(args.support_dir)
-        if args.max_supports is not None:
-            pairs = pairs[: args.max_supports]
-    return _load_file_supports(pairs)
-
-
-def check_support_labels(supports: SupportSet, labels: list[int] | None) -> list[int]:
-    """The label values to segment; errors for labels no support has, warnings per file."""
-    present_per = [{int(v) for v in np.unique(lab) if v != 0} for lab in supports.labels]
-    present = sorted(set().union(*present_per))
-    for name, values in zip(supports.names, present_per, strict=True):
-        if not values:
-            warnings.warn(f"{name}: support label has no foreground", stacklevel=2)
-    wanted = labels if labels is not None else present
-    if not present:
-        raise CLIError("no support label has any foreground: nothing to learn from "
-                       f"({', '.join(supports.names[:3])}{', ...' if len(supports.names) > 3 else ''})")
-    for value in wanted:
-        lacking = [n for n, vals in zip(supports.names, present_per, strict=True)
-                   if value not in vals]
-        if len(lacking) == len(present_per):
-            raise CLIError(f"label {value} has no foreground in any support label "
-                           f"(e.g. {lacking[0]}); present values: {present}")
-        if lacking and labels is not None:
-            warnings.warn(f"label {value} has no foreground in {lacking[0]}"
-                          + (f" and {len(lacking) - 1} other support(s)" if len(lacking) > 1
-                             else ""), stacklevel=2)
-    return wanted
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def output_stem(query: Path) -> str:
-    """Output name stem: the query's stem, nnU-Net ``_0000`` channel suffix removed."""
-    stem = strip_image_suffix(query)
-    if file_kind(query) == "nifti" and stem.endswith("_0000"):
-        stem = stem[:-5]
-    return stem
-
-
-def planned_outputs(query: Path, out: Path, ndim: int, args: argparse.Namespace) -> list[Path]:
-    stem = output_stem(query)
-    nifti = file_kind(query) == "nifti"
-    paths = []
-    if nifti:
-        paths.append(out / f"{stem}.nii.gz")
-    if ndim == 2:
-        paths.append(out / f"{stem}.png")
-    if args.overlays:
-        paths.append(out / f"{stem}_overlay.png")
-    if args.uncertainty:
-        paths.append(out / f"{stem}_uncertainty.png")
-        if nifti:
-            paths.append(out / f"{stem}_uncertainty.nii.gz")
-    return paths
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    lo, hi = float(image.min()), float(image.max())
-    scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-    return np.rint(scaled * 255).astype(np.uint8)
-
-
-def overlay_rgb(image: np.ndarray, mask: np.ndarray, labels: Sequence[int],
-                alpha: float = 0.45) -> np.ndarray:
-    """Grey image (any range) + label map -> (H, W, 3) uint8 with coloured labels."""
-    grey = _to_uint8(image).astype(np.float32)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for i, value in enumerate(labels):
-        sel = mask == value
-        rgb[sel] = (1 - alpha) * rgb[sel] + alpha * PALETTE[i % len(PALETTE)]
-    return np.rint(rgb).clip(0, 255).astype(np.uint8)
-
-
-def _centre(mask: np.ndarray) -> np.ndarray:
-    fg = np.argwhere(mask != 0)
-    return fg.mean(axis=0).round().astype(int) if fg.size else np.array(mask.shape) // 2
-
-
-def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
-    height = max(p.shape[0] for p in panels)
-    extra = ((0, 0),) if panels[0].ndim == 3 else ()
-    return np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 2), *extra))
-                           for p in panels], axis=1)
-
-
-def _volume_overlay(volume: np.ndarray, mask: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """Three orthogonal slices through the foreground centre (volume centre if empty)."""
-    centre = _centre(mask)
-    grey = _to_uint8(volume)
-    return _side_by_side([overlay_rgb(np.take(grey, centre[a], axis=a),
-                                      np.take(mask, centre[a], axis=a), labels)
-                          for a in range(3)])
-
-
-def _uncertainty_png(unc: np.ndarray) -> np.ndarray:
-    """(L, ...) std in [0, 0.5] -> uint8 (255 = 0.5, the largest possible), max over labels."""
-    top = unc.max(axis=0) if unc.shape[0] else np.zeros(unc.shape[1:])
-    return np.rint(np.clip(top / 0.5, 0, 1) * 255).astype(np.uint8)
-
-
-def write_outputs(query: LoadedImage, mask: np.ndarray, uncertainty: np.ndarray,
-                  labels: list[int], out: Path, args: argparse.Namespace) -> None:
-    stem = output_stem(query.path)
-    ow = args.overwrite
-    nii = query.nifti
-    dtype = np.uint8 if max(labels) <= 255 and min(labels) >= 0 else np.int16
-    if max(labels) > 32767:
-        raise CLIError(f"label values up to {max(labels)} do not fit an int16 NIfTI")
-    if nii is not None:
-        write_nifti_like(out / f"{stem}.nii.gz", mask.reshape(nii.data.shape), nii, dtype=dtype,
-                         overwrite=ow)
-    if query.ndim == 2:
-        write_png(out / f"{stem}.png", mask.astype(np.uint16 if max(labels) > 255 else np.uint8),
-                  overwrite=ow)
-    if args.overlays:
-        rgb = (overlay_rgb(query.data, mask, labels) if query.ndim == 2
-               else _volume_overlay(query.data, mask, labels))
-        write_png(out / f"{stem}_overlay.png", rgb, overwrite=ow)
-    if args.uncertainty:
-        if query.ndim == 2:
-            write_png(out / f"{stem}_uncertainty.png", _uncertainty_png(uncertainty),
-                      overwrite=ow)
-        else:
-            unc8, centre = _uncertainty_png(uncertainty), _centre(mask)
-            write_png(out / f"{stem}_uncertainty.png",
-                      _side_by_side([np.take(unc8, centre[a], axis=a) for a in range(3)]),
-                      overwrite=ow)
-        if nii is not None:
-            data = uncertainty[0] if len(labels) == 1 else np.moveaxis(uncertainty, 0, -1)
-            shape = nii.data.shape + (() if len(labels) == 1 else (len(labels),))
-            write_nifti_like(out / f"{stem}_uncertainty.nii.gz",
-                             data.reshape(shape).astype(np.float32), nii, dtype=np.float32,
-                             overwrite=ow)
 
 
 # ----------------------------------------------------------------------------- run
