@@ -21,14 +21,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from incontext.colour import renderings
+from incontext.colour import DEFAULT_COLOUR, RENDERINGS, renderings
 from incontext.data.episode import Episode
 from incontext.preprocessing import resize_image, resize_mask_nearest
 
 SyntheticGenerator = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 # what ``colour_render_p`` renders a colour episode to instead of the stored luma
-TRAINING_RENDERINGS: tuple[str, ...] = ("red", "green", "blue", "fisher")
+TRAINING_RENDERINGS: tuple[str, ...] = tuple(r for r in RENDERINGS if r != DEFAULT_COLOUR)
 
 
 class SourceError(ValueError):
@@ -291,8 +291,10 @@ class IndexSource:
         self.tasks = {d: sorted(by_dataset[d]) for d in self.datasets}
         w = np.array([weights.get(d, 1.0) for d in self.datasets], dtype=np.float64)
         self.dataset_p = w / w.sum()
-        if self.colour_render_p > 0 and not any(index.has_colour(self.tasks[d][0])
-                                                for d in self.datasets):
+        # tasks whose dataset stores R, G, B (looked up once, not per episode)
+        self.colour_tasks = {t for d in self.datasets for t in self.tasks[d]
+                             if index.has_colour(t)} if self.colour_render_p > 0 else set()
+        if self.colour_render_p > 0 and not self.colour_tasks:
             raise SourceError(
                 f"data.colour_render_p = {self.colour_render_p:g}, but no dataset of the "
                 f"index(es) stores R, G, B (grey sources, or indexes built before colour was "
@@ -307,15 +309,13 @@ class IndexSource:
         task = tasks[int(rng.integers(len(tasks)))]
         # no extra draw when the option is off, so earlier runs replay unchanged
         recolour = self.colour_render_p > 0 and rng.random() < self.colour_render_p \
-            and self.index.has_colour(task)
+            and task in self.colour_tasks
+        colour = {"with_colour": True} if recolour else {}  # plain indexes keep their API
+        episode = self.index.episode(task, self.split, support_size, n_queries, rng,
+                                     skip_empty=self.skip_empty, **colour)
         if recolour:
-            episode = self.index.episode(task, self.split, support_size, n_queries, rng,
-                                         skip_empty=self.skip_empty, with_colour=True)
             episode = render_episode(episode, TRAINING_RENDERINGS[
                 int(rng.integers(len(TRAINING_RENDERINGS)))])
-        else:
-            episode = self.index.episode(task, self.split, support_size, n_queries, rng,
-                                         skip_empty=self.skip_empty)
         return _resize_episode(episode, self.resolution)
 
     def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
