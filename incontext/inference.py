@@ -34,6 +34,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
+from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
     check_tiles,
@@ -228,6 +229,7 @@ def segment(
     tiles: int | str = 1,
     tta: int = 1,
     colour: str = "auto",
+    nearest: int | None = None,
     reuse: dict[int, tuple[int, float, str]] | None = None,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
@@ -257,6 +259,9 @@ def segment(
     ``"auto"`` (the default): chosen per label by segmenting supports from the others
     (:mod:`incontext.colour`; luma unless another rendering does better on the supports);
     ``Segmentation.colours`` says which. Grey images are unaffected.
+    ``nearest`` = k runs each query with only the k supports of its support set that look
+    most like it (:mod:`incontext.support_selection`; also in the support-set checks); with
+    a large support set this beats using them all on most tasks (docs/segment.md).
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
     rendering); pass the same dict to later calls with the **same supports and settings**
     (e.g. one call per query file) and the support-set checks run only once. The choices
@@ -276,6 +281,7 @@ def segment(
     try:
         check_tta(tta)
         check_colour(colour)
+        check_nearest(nearest)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
@@ -332,7 +338,8 @@ def segment(
     subsets = draw_support_subsets(pool, k, ensemble, seed)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
-                                                            tta=tta), resolution)
+                                                            tta=tta), resolution,
+                      nearest=nearest)
 
     n_lab = len(wanted)
     n_q = len(queries)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from incontext.calibration import support_calibration
+from incontext.support_selection import run_with_nearest
 
 __all__ = ["AUTO_TILES", "TiledRunner", "check_tiles", "choose_tiles", "is_auto",
            "predict_tiled", "resize_stack", "tile_options", "tile_origins", "tiled_size"]
@@ -108,18 +109,23 @@ class TiledRunner:
     (Q, r, r). ``runner(g, q, si, sl)`` takes stacks at the working size
     ``tiled_size(resolution, g)``; ``runner.resized(g, q, si, sl)`` takes them at any
     size, works at that working size and answers at the input size (what
-    :func:`choose_tiles` needs to compare tilings).
+    :func:`choose_tiles` needs to compare tilings). ``nearest`` = k gives each query only
+    its k most similar supports (:func:`incontext.support_selection.run_with_nearest`).
     """
 
-    def __init__(self, predict, resolution: int) -> None:
+    def __init__(self, predict, resolution: int, nearest: int | None = None) -> None:
         self.predict = predict
         self.resolution = resolution
+        self.nearest = nearest
 
     def __call__(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
                  ) -> torch.Tensor:
-        if g == 1:
-            return self.predict(q, si, sl)
-        return predict_tiled(self.predict, q, si, sl, self.resolution)
+        def run(qs: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
+            if g == 1:
+                return self.predict(qs, s_img, s_lab)
+            return predict_tiled(self.predict, qs, s_img, s_lab, self.resolution)
+
+        return run_with_nearest(run, self.nearest)(q, si, sl)
 
     def resized(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
                 ) -> torch.Tensor:

@@ -235,6 +235,21 @@ def test_colour_is_refused_for_volumes(tmp_path, model_path, capsys):
     assert "--colour is for 2D colour images" in _err(capsys)
 
 
+def test_nearest_runs_in_2d_and_is_refused_for_volumes(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup", n=4)
+    out = tmp_path / "out2d"
+    assert run_cli(["segment", "--support-dir", str(sup), "--query",
+                    str(sup / "images" / "case1.png"), "--out", str(out), "--model",
+                    str(model_path), "--nearest", "2"]) == 0
+    assert np.asarray(Image.open(out / "case1.png")).shape == (44, 48)
+    data = make_nnunet(tmp_path / "ds", n=2)
+    argv = ["segment", "--support-dir", str(data), "--query",
+            f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(tmp_path / "out3d"), "--model",
+            str(model_path), "--nearest", "4"]
+    assert run_cli(argv) == 2
+    assert "--nearest is for 2D images" in _err(capsys)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -76,6 +76,7 @@ def run_benchmark(
     model_threshold: float | str = 0.5,
     model_tta: int = 1,
     model_colour: str = "luma",
+    model_nearest: int | None = None,
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -96,7 +97,8 @@ def run_benchmark(
     (:mod:`incontext.tta`); rows named ``<model>-...-tta<n>``. ``model_colour`` other than
     ``"luma"`` renders colour tasks (indexes with a ``colour`` array) to grey another way,
     ``"auto"`` choosing per task and draw on the supports (:mod:`incontext.colour`); rows
-    named ``<model>-...-colour-<c>``.
+    named ``<model>-...-colour-<c>``. ``model_nearest`` = k runs each query with its k most
+    similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -120,7 +122,7 @@ def run_benchmark(
     all_methods: list[Any] = []
     model_method, note = load_model_method(model, tiles=model_tiles,
                                            threshold=model_threshold, tta=model_tta,
-                                           colour=model_colour)
+                                           colour=model_colour, nearest=model_nearest)
     if note:
         notes.append(note)
         if progress:

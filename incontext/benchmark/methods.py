@@ -39,12 +39,12 @@ from incontext.colour import (
     renderings,
 )
 from incontext.inference import predict_probabilities
+from incontext.support_selection import check_nearest
 from incontext.tiling import (
+    TiledRunner,
     check_tiles,
     choose_tiles,
     is_auto,
-    predict_tiled,
-    resize_stack,
     tile_options,
 )
 from incontext.tta import check_tta
@@ -68,16 +68,18 @@ class ModelMethod:
     support_calibration`) and returns probabilities rescaled so that the cut is 0.5.
     ``colour`` other than ``"luma"`` renders colour tasks to grey another way
     (:mod:`incontext.colour`; ``"auto"``: chosen per task and draw on the support set);
-    tasks without colour keep their grey images.
+    tasks without colour keep their grey images. ``nearest`` = k runs each query with the k
+    supports most like it (:mod:`incontext.support_selection`), in the support-set checks too.
     """
 
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
                  batch_size: int = 8, tiles: int | str = 1,
-                 threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR
-                 ) -> None:
+                 threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
+                 nearest: int | None = None) -> None:
         check_tta(tta)
+        check_nearest(nearest)
         check_tiles(tiles)
         check_colour(colour)
         if not (threshold == "auto" or (isinstance(threshold, (int, float))
@@ -91,6 +93,9 @@ class ModelMethod:
             self.name += f"-tta{tta}"
         if colour != DEFAULT_COLOUR:
             self.name += f"-colour-{colour}"
+        if nearest is not None:
+            self.name += f"-nn{nearest}"
+        self.nearest = nearest
         self.colour = colour
         self.uses_colour = colour != DEFAULT_COLOUR  # the runner then passes R, G, B
         self.chosen_colours: list[str] = []  # with colour="auto": the choice of each prediction
@@ -103,21 +108,17 @@ class ModelMethod:
         self.fingerprint = weights_fingerprint(model)
         self.chosen_tiles: list[int] = []  # with tiles="auto": the choice of each prediction
         self.chosen_thresholds: list[float] = []  # with threshold="auto": likewise
+        self._runner = TiledRunner(
+            lambda q, s_img, s_lab: predict_probabilities(self.model, q, s_img, s_lab,
+                                                          batch_size=self.batch_size,
+                                                          tta=self.tta),
+            self.resolution, nearest=nearest)
 
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:
-        """Probabilities at the input size, the model run whole (1) or on tiles (> 1)."""
-        r = self.resolution * tiles
-        qi, si = resize_stack(queries, r), resize_stack(support_images, r)
-        sl = resize_stack(support_labels, r).clamp(0, 1)
-
-        def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
-            return predict_probabilities(self.model, q, s_img, s_lab,
-                                         batch_size=self.batch_size, tta=self.tta)
-
-        prob = run(qi, si, sl) if tiles == 1 else predict_tiled(run, qi, si, sl,
-                                                                 self.resolution)
-        return resize_stack(prob, tuple(queries.shape[-2:]))
+        """Probabilities at the input size, the model run whole (1) or on tiles (> 1); with
+        ``nearest``, each query with its nearest supports only."""
+        return self._runner.resized(tiles, queries, support_images, support_labels.clamp(0, 1))
 
     def _calibrate(self, si: torch.Tensor, sl: torch.Tensor, seed: int,
                    always_score: bool = False) -> Calibration:
@@ -195,6 +196,8 @@ class ModelMethod:
             info["tta"] = self.tta
         if self.colour != DEFAULT_COLOUR:  # likewise
             info["colour"] = self.colour
+        if self.nearest is not None:  # likewise
+            info["nearest"] = self.nearest
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -236,18 +239,22 @@ def make_baselines(names: Sequence[str],
 
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
-                      colour: str = DEFAULT_COLOUR) -> tuple[ModelMethod | None, str | None]:
+                      colour: str = DEFAULT_COLOUR, nearest: int | None = None
+                      ) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
     note says so and the benchmark runs the baselines only. ``"none"`` -> no model.
     A name or a weights path -> ``load_model(name)``; an ``nn.Module`` is used as is.
+    The other arguments are :class:`ModelMethod`'s.
     """
+    settings: dict[str, Any] = {"tiles": tiles, "threshold": threshold, "tta": tta,
+                                "colour": colour, "nearest": nearest}
     from incontext.models import WeightsError, load_model
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
-                           tiles=tiles, threshold=threshold, tta=tta, colour=colour), None
+                           **settings), None
     if model is None:
         try:
             loaded = load_model()
@@ -256,12 +263,10 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
         from incontext.models import registry
 
         return ModelMethod(loaded, name=str(registry.DEFAULT_MODEL or "default-model"),
-                           source=str(registry.DEFAULT_MODEL), tiles=tiles,
-                           threshold=threshold, tta=tta, colour=colour), None
+                           source=str(registry.DEFAULT_MODEL), **settings), None
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
     loaded = load_model(text)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
-    return ModelMethod(loaded, name=name, source=text, tiles=tiles, threshold=threshold, tta=tta,
-                       colour=colour), None
+    return ModelMethod(loaded, name=name, source=text, **settings), None

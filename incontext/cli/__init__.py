@@ -50,6 +50,17 @@ def tiles_value(text: str) -> int | str:
     return _number_or_auto(text, int, lambda v: v >= 1, "a whole number >= 1", ">= 1")
 
 
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (e.g. ``--nearest``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
 def threshold_value(text: str) -> float | str:
     """``--threshold`` / ``--model-threshold``: a number in (0, 1) or ``auto``."""
     return _number_or_auto(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)",

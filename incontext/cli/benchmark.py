@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from incontext.cli import CLIError, threshold_value, tiles_value
+from incontext.cli import CLIError, positive_int, threshold_value, tiles_value
 from incontext.colour import COLOUR_CHOICES
 from incontext.tta import TTA_CHOICES
 
@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="grey rendering of colour tasks (indexes built with R, G, B): luma "
                         "(default), red, green, blue, fisher, or auto = chosen per task and "
                         "draw by segmenting supports from the others")
+    p.add_argument("--model-nearest", type=positive_int, default=None, metavar="K",
+                   help="run each query with only the K supports most like it (32 x 32 "
+                        "thumbnail correlation); default: all supports")
     p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, plots=not args.no_plots, console=console,
         methods=methods, model_tiles=args.model_tiles,
         model_threshold=args.model_threshold, model_tta=args.model_tta,
-        model_colour=args.model_colour)
+        model_colour=args.model_colour, model_nearest=args.model_nearest)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

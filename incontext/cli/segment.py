@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from incontext.cli import threshold_value, tiles_value
+from incontext.cli import positive_int, threshold_value, tiles_value
 from incontext.cli.text_options import add_text_arguments
 from incontext.colour import COLOUR_CHOICES
 from incontext.ct_windows import CT_WINDOWS
@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "green, blue, fisher (the supports' foreground/background channel mix) "
                         "or auto = chosen per label by segmenting supports from the others "
                         "(default: auto; grey images and volumes are unaffected)")
+    p.add_argument("--nearest", type=positive_int, default=None, metavar="K",
+                   help="2D: run each query with only the K supports most like it "
+                        "(32 x 32 thumbnail correlation); useful with many supports "
+                        "(e.g. 16 of 64); default: all supports")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (default: auto for 2D images, "

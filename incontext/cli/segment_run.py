@@ -173,6 +173,9 @@ def _run(args: argparse.Namespace) -> int:
                        "(e.g. --threshold 0.5)")
     if supports.ndim == 3 and getattr(args, "colour", None) not in (None, "luma"):
         raise CLIError("--colour is for 2D colour images; volumes are grey (leave it out)")
+    if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
+        raise CLIError("--nearest is for 2D images; volumes already pick support slices by "
+                       "position (leave it out)")
     if getattr(args, "colour", None) is None:  # the default: chosen on the supports in 2D
         args.colour = "luma" if supports.ndim == 3 else "auto"
     if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
@@ -224,7 +227,8 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                      threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
                      labels=wanted, modality=args.modality, window=window,
                      supports_normalized=supports.normalized, tiles=args.tiles,
-                     tta=args.tta, colour=colour, reuse=reuse)
+                     tta=args.tta, colour=colour, nearest=getattr(args, "nearest", None),
+                     reuse=reuse)
     return result.mask, result.uncertainty
 
 
