@@ -260,8 +260,9 @@ def segment(
     (:mod:`incontext.colour`; luma unless another rendering does better on the supports);
     ``Segmentation.colours`` says which. Grey images are unaffected.
     ``nearest`` = k runs each query with only the k supports of its support set that look
-    most like it (:mod:`incontext.support_selection`; also in the support-set checks); with
-    a large support set this beats using them all on most tasks (docs/segment.md).
+    most like it (:mod:`incontext.support_selection`; also in the support-set checks),
+    chosen among all the supports unless ``support_size`` is given; with a large support
+    set it is as accurate as using them all, and faster (docs/segment.md).
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
     rendering); pass the same dict to later calls with the **same supports and settings**
     (e.g. one call per query file) and the support-set checks run only once. The choices
@@ -334,7 +335,10 @@ def segment(
         rgb_s = {g: _prepare_colour(s_images, sizes[g], "support image", modality, window,
                                     normalized=supports_normalized) for g in options}
     pool = len(s_images)
-    k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
+    if nearest is not None and support_size is None:  # the nearest K among all the supports
+        k = pool
+    else:
+        k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,

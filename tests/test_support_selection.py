@@ -106,6 +106,20 @@ def test_segment_with_nearest_uses_the_similar_supports():
         segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=0)
 
 
+def test_segment_nearest_chooses_among_all_supports(monkeypatch):
+    import incontext.inference as inference
+
+    monkeypatch.setattr(inference, "DEFAULT_SUPPORT_SIZE", 4)  # subsets of 4 without nearest
+    si, sl = _halves(4, 4)
+    query = si[1] + 0.01  # a left-half image
+    kwargs = {"threshold": 0.5, "supports_normalized": True, "colour": "luma", "seed": 3}
+    near = inference.segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=4,
+                             **kwargs)
+    np.testing.assert_array_equal(near.mask, sl[1].astype(near.mask.dtype))
+    plain = inference.segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), **kwargs)
+    assert not np.array_equal(plain.mask, near.mask)  # a random 4 of the 8 mixes both sides
+
+
 def test_load_model_method_passes_nearest_on():
     method, note = load_model_method(MeanSupportLabel(32), nearest=16, threshold="auto")
     assert note is None and method.nearest == 16 and method.name.endswith("-thr-auto-nn16")

@@ -62,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: auto; grey images and volumes are unaffected)")
     p.add_argument("--nearest", type=positive_int, default=None, metavar="K",
                    help="2D: run each query with only the K supports most like it "
-                        "(32 x 32 thumbnail correlation); useful with many supports "
-                        "(e.g. 16 of 64); default: all supports")
+                        "(32 x 32 thumbnail correlation), chosen among all the supports "
+                        "unless --support-size is given; for large support sets (e.g. 16); "
+                        "default: all supports")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (default: auto for 2D images, "
