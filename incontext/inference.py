@@ -399,7 +399,12 @@ def segment(
             chosen.append(g_lab)
             cuts.append(t_lab)
             colours.append(name)
+            first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
+                seen = first_member.setdefault(subset.tobytes(), m)
+                if seen != m:
+                    member_probs[m, li] = member_probs[seen, li]
+                    continue
                 idx = torch.from_numpy(subset)
                 prob = run(g_lab, q_use[g_lab], s_use[g_lab][idx], soft[g_lab][idx])
                 if auto_threshold:

@@ -76,6 +76,28 @@ def test_ensemble_statistics_match_the_members():
     assert np.all(single.uncertainty == 0)
 
 
+class CountingMeanLabel(MeanSupportLabel):
+    """MeanSupportLabel that counts its forward passes."""
+
+    calls = 0
+
+    def forward(self, target, images, labels):
+        type(self).calls += 1
+        return super().forward(target, images, labels)
+
+
+def test_equal_ensemble_members_run_once():
+    images, labels = _supports(3, (32, 32))
+    CountingMeanLabel.calls = 0
+    one = segment(CountingMeanLabel(32), images[0], images, labels, threshold=0.5)
+    calls_one = CountingMeanLabel.calls
+    CountingMeanLabel.calls = 0
+    five = segment(CountingMeanLabel(32), images[0], images, labels, threshold=0.5, ensemble=5)
+    assert CountingMeanLabel.calls == calls_one  # every member is the whole pool of 3
+    np.testing.assert_allclose(five.probabilities, one.probabilities, atol=1e-6)
+    assert np.abs(five.uncertainty).max() < 1e-6
+
+
 def test_multi_label_returns_label_map():
     images = np.zeros((3, 32, 32), np.float32)
     labels = np.zeros((3, 32, 32), np.int32)
