@@ -248,9 +248,10 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
     A name or a weights path -> ``load_model(name)``; an ``nn.Module`` is used as is.
     The other arguments are :class:`ModelMethod`'s.
     """
+    from incontext.models import WeightsError, load_model
+
     settings: dict[str, Any] = {"tiles": tiles, "threshold": threshold, "tta": tta,
                                 "colour": colour, "nearest": nearest}
-    from incontext.models import WeightsError, load_model
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),
