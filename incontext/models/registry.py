@@ -30,7 +30,7 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-DEFAULT_MODEL: str | None = "incontext-universeg-s128-vessels"  # see MODEL_CARD.md
+DEFAULT_MODEL: str | None = "incontext-universeg-s128-colour"  # see MODEL_CARD.md
 DEFAULT_TEXT_MODEL: str | None = "text-driven-minilm"  # for --text; see docs/text-driven.md
 
 
@@ -82,9 +82,20 @@ register(ModelSpec(
     name="incontext-universeg-s128-vessels",
     config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
     weights="incontext-universeg-s128-vessels.safetensors",
-    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
+    description="Previous default: UniverSeg, 4 blocks x 32 features, 128x128; "
                 "incontext-universeg-s128-thin fine-tuned on 2 CPU cores with pseudo-labelled "
                 "retinal vessels on real fundus photos added (MODEL_CARD.md)",
+))
+
+
+register(ModelSpec(
+    name="incontext-universeg-s128-colour",
+    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
+    weights="incontext-universeg-s128-colour.safetensors",
+    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
+                "incontext-universeg-s128-vessels fine-tuned at batch 16 on one H200 with "
+                "half of the colour datasets' episodes rendered red, green, blue or Fisher "
+                "(MODEL_CARD.md)",
 ))
 
 
