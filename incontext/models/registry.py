@@ -39,6 +39,16 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def register_shipped(name: str, config: UniverSegConfig | TextDrivenConfig,
+                     description: str) -> ModelSpec:
+    """Register a model whose weights ship as ``incontext/weights/<name>.safetensors``."""
+    return register(ModelSpec(name=name, config=config, weights=f"{name}.safetensors",
+                              description=description))
+
+
+UNIVERSEG_S128 = UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128)
+
+
 register(ModelSpec(
     name="universeg-v1",
     config=UniverSegConfig(encoder_widths=(64, 64, 64, 64), resolution=128),
@@ -48,77 +58,55 @@ register(ModelSpec(
 ))
 
 
-register(ModelSpec(
-    name="incontext-universeg-s64",
-    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=64),
-    weights="incontext-universeg-s64.safetensors",
-    description="UniverSeg, 4 blocks x 32 features, 64x64, meta-trained on the training "
-                "pool + synthetic tasks on 2 CPU cores; 4x cheaper than the default "
-                "(MODEL_CARD.md)",
-))
+register_shipped(
+    "incontext-universeg-s64", UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=64),
+    "UniverSeg, 4 blocks x 32 features, 64x64, meta-trained on the training pool + synthetic "
+    "tasks on 2 CPU cores; 4x cheaper than the default (MODEL_CARD.md)",
+)
 
+register_shipped(
+    "incontext-universeg-s128", UNIVERSEG_S128,
+    "UniverSeg, 4 blocks x 32 features, 128x128; the 64-px model fine-tuned at 128 px with "
+    "batch 16 on a GPU; the default before the thin-structure fine-tune (MODEL_CARD.md)",
+)
 
-register(ModelSpec(
-    name="incontext-universeg-s128",
-    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
-    weights="incontext-universeg-s128.safetensors",
-    description="UniverSeg, 4 blocks x 32 features, 128x128; the 64-px model fine-tuned at "
-                "128 px with batch 16 on a GPU; the default before the thin-structure "
-                "fine-tune (MODEL_CARD.md)",
-))
+register_shipped(
+    "incontext-universeg-s128-thin", UNIVERSEG_S128,
+    "Previous default: UniverSeg, 4 blocks x 32 features, 128x128; incontext-universeg-s128 "
+    "fine-tuned on 2 CPU cores with thin-structure synthetic tasks added (MODEL_CARD.md)",
+)
 
+register_shipped(
+    "incontext-universeg-s128-vessels", UNIVERSEG_S128,
+    "Previous default: UniverSeg, 4 blocks x 32 features, 128x128; "
+    "incontext-universeg-s128-thin fine-tuned on 2 CPU cores with pseudo-labelled retinal "
+    "vessels on real fundus photos added (MODEL_CARD.md)",
+)
 
-register(ModelSpec(
-    name="incontext-universeg-s128-thin",
-    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
-    weights="incontext-universeg-s128-thin.safetensors",
-    description="Previous default: UniverSeg, 4 blocks x 32 features, 128x128; "
-                "incontext-universeg-s128 fine-tuned on 2 CPU cores with thin-structure "
-                "synthetic tasks added (MODEL_CARD.md)",
-))
+register_shipped(
+    "incontext-universeg-s128-colour", UNIVERSEG_S128,
+    "Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
+    "incontext-universeg-s128-vessels fine-tuned at batch 16 on one H200 with half of the "
+    "colour datasets' episodes rendered red, green, blue or Fisher (MODEL_CARD.md)",
+)
 
+register_shipped(
+    "incontext-universeg-w64-vessels",
+    UniverSegConfig(encoder_widths=(64, 64, 64, 64), resolution=128),
+    "UniverSeg at the published width, 4 blocks x 64 features, 128x128, trained on one H200 "
+    "with thin synthetic tasks and pseudo-labelled retinal vessels; best training-pool "
+    "validation, but below the default on the demo and held-out tasks and 3x slower on a "
+    "CPU (MODEL_CARD.md)",
+)
 
-register(ModelSpec(
-    name="incontext-universeg-s128-vessels",
-    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
-    weights="incontext-universeg-s128-vessels.safetensors",
-    description="Previous default: UniverSeg, 4 blocks x 32 features, 128x128; "
-                "incontext-universeg-s128-thin fine-tuned on 2 CPU cores with pseudo-labelled "
-                "retinal vessels on real fundus photos added (MODEL_CARD.md)",
-))
-
-
-register(ModelSpec(
-    name="incontext-universeg-s128-colour",
-    config=UniverSegConfig(encoder_widths=(32, 32, 32, 32), resolution=128),
-    weights="incontext-universeg-s128-colour.safetensors",
-    description="Default model: UniverSeg, 4 blocks x 32 features, 128x128; "
-                "incontext-universeg-s128-vessels fine-tuned at batch 16 on one H200 with "
-                "half of the colour datasets' episodes rendered red, green, blue or Fisher "
-                "(MODEL_CARD.md)",
-))
-
-
-register(ModelSpec(
-    name="incontext-universeg-w64-vessels",
-    config=UniverSegConfig(encoder_widths=(64, 64, 64, 64), resolution=128),
-    weights="incontext-universeg-w64-vessels.safetensors",
-    description="UniverSeg at the published width, 4 blocks x 64 features, 128x128, "
-                "trained on one H200 with thin synthetic tasks and pseudo-labelled retinal "
-                "vessels; best training-pool validation, but below the default on the demo "
-                "and held-out tasks and 3x slower on a CPU (MODEL_CARD.md)",
-))
-
-
-register(ModelSpec(
-    name="text-driven-minilm",
-    config=TextDrivenConfig(widths=(16, 32, 64, 128), norm_groups=8, resolution=128,
-                            text_dim=384, text_encoder="minilm", hybrid=True),
-    weights="text-driven-minilm.safetensors",
-    description="TextDriven (CLIP-Driven Universal Model in 2D, hybrid text + examples), "
-                "all-MiniLM-L6-v2 class names, 128x128, trained on the real multi-label "
-                "training pool on 1 CPU thread (docs/text-driven.md); needs incontext[text]",
-))
+register_shipped(
+    "text-driven-minilm",
+    TextDrivenConfig(widths=(16, 32, 64, 128), norm_groups=8, resolution=128, text_dim=384,
+                     text_encoder="minilm", hybrid=True),
+    "TextDriven (CLIP-Driven Universal Model in 2D, hybrid text + examples), all-MiniLM-L6-v2 "
+    "class names, 128x128, trained on the real multi-label training pool on 1 CPU thread "
+    "(docs/text-driven.md); needs incontext[text]",
+)
 
 
 def available_models() -> list[str]:
