@@ -248,7 +248,7 @@ def run_text_segmentation(args: argparse.Namespace) -> int:
     model_name = _first(args, "model", "weights", default=registry.DEFAULT_TEXT_MODEL)
     if model_name is None:
         raise ValueError("--model: give a TextDriven weights file (.safetensors)")
-    model = load_model(str(model_name))
+    model = load_model(str(model_name), device=_first(args, "device", default="cpu"))
     if not isinstance(model, TextDriven):
         raise ValueError(f"{model_name}: --text needs a TextDriven model, this one is a "
                          f"{type(model).__name__}")

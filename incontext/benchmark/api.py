@@ -77,6 +77,7 @@ def run_benchmark(
     model_tta: int = 1,
     model_colour: str = "luma",
     model_nearest: int | None = None,
+    model_device: str = "cpu",
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -99,6 +100,8 @@ def run_benchmark(
     ``"auto"`` choosing per task and draw on the supports (:mod:`incontext.colour`); rows
     named ``<model>-...-colour-<c>``. ``model_nearest`` = k runs each query with its k most
     similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
+    ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
+    ...; :mod:`incontext.device`); the baselines run on the CPU.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -122,7 +125,8 @@ def run_benchmark(
     all_methods: list[Any] = []
     model_method, note = load_model_method(model, tiles=model_tiles,
                                            threshold=model_threshold, tta=model_tta,
-                                           colour=model_colour, nearest=model_nearest)
+                                           colour=model_colour, nearest=model_nearest,
+                                           device=model_device)
     if note:
         notes.append(note)
         if progress:

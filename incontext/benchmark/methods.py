@@ -239,13 +239,14 @@ def make_baselines(names: Sequence[str],
 
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
-                      colour: str = DEFAULT_COLOUR, nearest: int | None = None
-                      ) -> tuple[ModelMethod | None, str | None]:
+                      colour: str = DEFAULT_COLOUR, nearest: int | None = None,
+                      device: str = "cpu") -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
     note says so and the benchmark runs the baselines only. ``"none"`` -> no model.
     A name or a weights path -> ``load_model(name)``; an ``nn.Module`` is used as is.
+    ``device``: where a model loaded here runs (:func:`incontext.device.resolve_device`).
     The other arguments are :class:`ModelMethod`'s.
     """
     from incontext.models import WeightsError, load_model
@@ -258,7 +259,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
                            **settings), None
     if model is None:
         try:
-            loaded = load_model()
+            loaded = load_model(device=device)
         except WeightsError as exc:
             return None, f"no default model: {exc}; running the baselines only"
         from incontext.models import registry
@@ -268,6 +269,6 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
     text = os.fspath(model)
     if text.strip().lower() == "none":
         return None, None
-    loaded = load_model(text)
+    loaded = load_model(text, device=device)
     name = Path(text).stem if (text.endswith(".safetensors") or Path(text).exists()) else text
     return ModelMethod(loaded, name=name, source=text, **settings), None

@@ -11,7 +11,13 @@ import argparse
 import json
 import os
 
-from incontext.cli import CLIError, positive_int, threshold_value, tiles_value
+from incontext.cli import (
+    CLIError,
+    add_device_argument,
+    positive_int,
+    threshold_value,
+    tiles_value,
+)
 from incontext.colour import COLOUR_CHOICES
 from incontext.tta import TTA_CHOICES
 
@@ -107,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmark-results", metavar="DIR",
                    help="output folder; rerunning with it reuses finished rows "
                         "(default benchmark-results)")
+    add_device_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -150,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, plots=not args.no_plots, console=console,
         methods=methods, model_tiles=args.model_tiles,
         model_threshold=args.model_threshold, model_tta=args.model_tta,
-        model_colour=args.model_colour, model_nearest=args.model_nearest)
+        model_colour=args.model_colour, model_nearest=args.model_nearest,
+        model_device=args.device)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from incontext.cli import CLIError
+from incontext.cli import CLIError, add_device_argument
 
 
 def register(subparsers) -> None:
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
                         help="model name or .safetensors path (default: the shipped model)")
     parser.add_argument("--support-size", type=int, default=8,
                         help="labeled slices per structure")
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--support-size must be >= 1, got {args.support_size}")
     model, name = None, ""
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, device=args.device)
         name = args.model or DEFAULT_MODEL or "model"
         name = Path(name).stem if name.endswith(".safetensors") else name
     except WeightsError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from incontext.cli import positive_int, threshold_value, tiles_value
+from incontext.cli import add_device_argument, positive_int, threshold_value, tiles_value
 from incontext.cli.text_options import add_text_arguments
 from incontext.colour import COLOUR_CHOICES
 from incontext.ct_windows import CT_WINDOWS
@@ -90,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="registered model name or .safetensors file (default: the default model)")
+    add_device_argument(p)
     p.add_argument("--seed", type=int, default=0, help="random seed for support subsets")
     p.add_argument("--batch-size", type=int, default=8, help="queries per forward pass")
     p.set_defaults(func=run)

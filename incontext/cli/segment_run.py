@@ -81,11 +81,11 @@ class FileResult:
     fractions: dict[int, float]
 
 
-def _load_model(name: str | None):
+def _load_model(name: str | None, device: str = "auto"):
     from incontext.models import WeightsError, load_model
 
     try:
-        return load_model(name)
+        return load_model(name, device=device)
     except WeightsError as exc:
         if name is None:
             raise CLIError(f"{exc}; on the command line: --model NAME_OR_PATH") from None
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         args.colour = "luma" if supports.ndim == 3 else "auto"
     if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
         args.threshold = 0.5 if supports.ndim == 3 else "auto"
-    model = _load_model(args.model)
+    model = _load_model(args.model, getattr(args, "device", "auto"))
     console = Console(stderr=True)
     results: list[FileResult] = []
     reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once

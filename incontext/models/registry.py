@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from incontext.device import resolve_device
 from incontext.models.io import WeightsError, load, load_foreign_checkpoint
 from incontext.models.text_driven import TextDriven, TextDrivenConfig
 from incontext.models.universeg import UniverSeg, UniverSegConfig
@@ -128,14 +130,23 @@ def _spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def load_model(name: str | None = None, path: str | Path | None = None) -> nn.Module:
-    """Load a model by registry name, by weights path, or the default model.
+def load_model(name: str | None = None, path: str | Path | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model by registry name, by weights path, or the default model (eval mode).
 
     * ``load_model()`` -> the shipped default model;
     * ``load_model("universeg-v1", path="universeg_v1_nf64_ss64_STA.pt")`` -> the
       published weights (read with ``torch.load(weights_only=True)``);
     * ``load_model("path/to/model.safetensors")`` -> a model saved by ``incontext``.
+
+    ``device``: where the model runs (:func:`incontext.device.resolve_device`: ``"auto"``,
+    ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``); :func:`incontext.segment` follows it.
     """
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    return _load_on_cpu(name, path).to(target)
+
+
+def _load_on_cpu(name: str | None, path: str | Path | None) -> nn.Module:
     if name is None:
         if DEFAULT_MODEL is None:
             raise WeightsError(

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from incontext.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -31,18 +33,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device is {name!r} but CUDA is not available")
-    return device
 
 
 def setup(device_name: str = "auto") -> DistInfo:
