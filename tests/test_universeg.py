@@ -123,3 +123,18 @@ def test_bad_shapes_are_clear_errors():
         model(target[0], images, labels)
     with pytest.raises(ValueError, match="resolution"):
         UniverSegConfig(encoder_widths=(8, 8, 8), resolution=30)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_entry_mean_is_the_mean_over_support_entries(channels_last):
+    from incontext.models.universeg import _entry_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(3 * 5, 4, 6, 7)  # B = 3 queries, S = 5 entries
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean = _entry_mean(x, 5)
+    assert mean.shape == (3, 4, 6, 7)
+    assert mean.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.stack([x[i * 5:(i + 1) * 5].mean(dim=0) for i in range(3)])
+    torch.testing.assert_close(mean, expected)
