@@ -16,6 +16,16 @@ class DeviceError(ValueError):
     """A device name that is malformed or names hardware this machine does not have."""
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Queries per UniverSeg forward pass when not given: 1 on the CPU, 8 elsewhere.
+
+    A query's support features depend on the query, so batching shares no work; on the
+    CPU one query at a time is as fast or faster per query and needs a fraction of the
+    memory (``benchmarks/segment_throughput.py``), while a GPU needs batches to be busy.
+    """
+    return 1 if device.type == "cpu" else 8
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

@@ -23,6 +23,7 @@ from incontext.calibration import (
     support_calibration,
 )
 from incontext.colour import DEFAULT_COLOUR, candidates, check_colour, choose_rendering, renderings
+from incontext.device import default_batch_size
 from incontext.preprocessing import (
     PreprocessingError,
     check_finite,
@@ -186,15 +187,18 @@ def _model_resolution(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, queries: torch.Tensor, support_images: torch.Tensor,
-                          support_labels: torch.Tensor, batch_size: int = 8,
+                          support_labels: torch.Tensor, batch_size: int | None = None,
                           tta: int = 1) -> torch.Tensor:
     """Sigmoid probabilities at model resolution.
 
     queries (Q,H,W), support_images/labels (S,H,W) -> (Q,H,W); queries are run in
-    batches of ``batch_size`` against the same support set. ``tta`` > 1 averages over
+    batches of ``batch_size`` against the same support set (default: 1 on the CPU, 8 on a
+    GPU; :func:`incontext.device.default_batch_size`). ``tta`` > 1 averages over
     flipped and rotated copies of the whole task (:mod:`incontext.tta`).
     """
     device = next(model.parameters()).device
+    if batch_size is None:
+        batch_size = default_batch_size(device)
 
     def once(qs: torch.Tensor, si: torch.Tensor, sl: torch.Tensor) -> torch.Tensor:
         s_img = si.to(device)[None, :, None]
@@ -221,7 +225,7 @@ def segment(
     support_size: int | None = None,
     threshold: float | str = "auto",
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     labels: Sequence[int] | None = None,
     modality: str = "other",
     window: Sequence[float] | None = None,
@@ -271,6 +275,8 @@ def segment(
     """
     if ensemble < 1:
         raise SupportSetError(f"ensemble must be >= 1, got {ensemble}")
+    if batch_size is not None and batch_size < 1:
+        raise SupportSetError(f"batch_size must be >= 1, got {batch_size}")
     try:
         check_tiles(tiles)
     except ValueError as exc:

@@ -160,7 +160,7 @@ class _SliceCache:
 
 def _segment_axis(model, query: np.ndarray, supports: list[tuple[np.ndarray, np.ndarray]],
                   value: int, axis: int, *, size: int, support_size: int, ensemble: int,
-                  seed: int, batch_size: int, image_caches: dict,
+                  seed: int, batch_size: int | None, image_caches: dict,
                   progress: Callable[[int], None] | None, tiles: int | str = 1,
                   tta: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """(mean, var) probability volumes (X, Y, Z) for one label along one axis, and the
@@ -241,7 +241,7 @@ def segment_volume(
     support_size: int | None = None,
     threshold: float = 0.5,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     modality: str = "other",
     window: str | Sequence[float] | None = None,
     spacings: Sequence[Sequence[float] | None] | None = None,
@@ -273,6 +273,8 @@ def segment_volume(
         raise VolumeError(f"planes must be 1 or 3, got {planes}")
     if ensemble < 1:
         raise VolumeError(f"ensemble must be >= 1, got {ensemble}")
+    if batch_size is not None and batch_size < 1:
+        raise VolumeError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 < threshold < 1.0:
         raise VolumeError(f"threshold must be in (0, 1), got {threshold}")
     query = np.asarray(query)

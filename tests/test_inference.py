@@ -148,3 +148,30 @@ def test_normalised_supports_are_not_stretched_again():
     bad[0, 0, 0] = np.nan
     with pytest.raises(SupportSetError, match="NaN"):
         segment(MeanSupportImage(32), images[0], bad, labels, supports_normalized=True)
+
+
+class BatchRecorder(torch.nn.Module):
+    """Records the query batch size of every forward pass; predicts the query's mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"resolution": 32})()
+        self.batches: list[int] = []
+
+    def forward(self, query, support_images, support_labels):
+        self.batches.append(query.shape[0])
+        return query * 0 + self.weight
+
+
+def test_default_batch_is_one_query_on_the_cpu_and_an_explicit_one_is_kept():
+    images, labels = _supports(3)
+    queries = np.random.default_rng(2).random((5, 40, 50)).astype(np.float32)
+    model = BatchRecorder()
+    segment(model, queries, images, labels, threshold=0.5, colour="luma")
+    assert model.batches == [1] * 5
+    model.batches.clear()
+    segment(model, queries, images, labels, threshold=0.5, colour="luma", batch_size=4)
+    assert model.batches == [4, 1]
+    with pytest.raises(SupportSetError, match="batch_size"):
+        segment(model, queries, images, labels, batch_size=0)

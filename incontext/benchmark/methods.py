@@ -75,7 +75,7 @@ class ModelMethod:
     ensembles = True
 
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
-                 batch_size: int = 8, tiles: int | str = 1,
+                 batch_size: int | None = None, tiles: int | str = 1,
                  threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
                  nearest: int | None = None) -> None:
         check_tta(tta)
@@ -102,7 +102,7 @@ class ModelMethod:
         self.tta = tta
         self.threshold = threshold
         self.source = source
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.tiles = tiles
         self.resolution = int(getattr(getattr(model, "config", None), "resolution", 128))
         self.fingerprint = weights_fingerprint(model)
