@@ -1,23 +1,17 @@
 """benchmarks/segment_throughput.py: generated task, one row per (N, mode), atomic JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_script
 
 from incontext.models import UniverSeg, save
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "segment_throughput.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("segment_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("segment_throughput")
 
 
 def test_generated_task_is_colour_with_one_disc_each():

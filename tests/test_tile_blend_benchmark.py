@@ -1,21 +1,15 @@
 """benchmarks/tile_blend.py: variants scored from one set of 1- and 2-tile probabilities."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_scripts import load_script
 
 from incontext.benchmark.protocol import TaskData
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_blend.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("tile_blend", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tile_blend")
 
 
 class TruthWithTwoTiles:
