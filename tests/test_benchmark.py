@@ -288,6 +288,12 @@ def test_end_to_end_with_model_and_all_baselines(index_paths, tmp_path):
     assert len(csv_lines) == 1 + len(rows)
     report = (out / "report.md").read_text()
     assert "Dice ×100 at N = 4" in report and "mean-label" in report
+    # --device auto: recorded with the run, not in the rows' cache keys
+    from incontext.device import resolve_device
+
+    where = str(resolve_device("auto"))
+    assert data["run"]["model_device"] == where and f"the model ran on `{where}`" in report
+    assert all("device" not in desc for desc in data["methods"].values())
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -321,6 +327,7 @@ def test_default_model_missing_runs_baselines_with_note(index_paths, monkeypatch
                             repeats=1, progress=False)
     assert list(results.methods) == ["mean-label"]
     assert any("no default model" in note for note in results.notes)
+    assert results.to_dict()["run"]["model_device"] is None
 
 
 def test_bad_arguments_are_clear(index_paths):

@@ -57,6 +57,13 @@ def select_tasks(index: TaskIndex, patterns: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def _device_of(method: Any) -> str | None:
+    """Where an in-context model method's network runs (``None`` without one)."""
+    params = getattr(getattr(method, "model", None), "parameters", None)
+    first = next(params(), None) if params is not None else None
+    return None if first is None else str(first.device)
+
+
 def run_benchmark(
     index: str | os.PathLike | Sequence[str | os.PathLike] | TaskIndex,
     *,
@@ -152,7 +159,8 @@ def run_benchmark(
     cache = RowCache(out / "cache") if out is not None else None
     results = BenchmarkResults(rows=[], config=config,
                                methods={m.name: m.describe() for m in all_methods},
-                               indexes=[str(p) for p in opened.paths], out_dir=out, notes=notes)
+                               indexes=[str(p) for p in opened.paths], out_dir=out, notes=notes,
+                               model_device=_device_of(model_method))
     try:
         task_names = select_tasks(opened, tasks)
         colour_users = [m.name for m in all_methods if getattr(m, "uses_colour", False)]

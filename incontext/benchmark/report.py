@@ -360,7 +360,8 @@ def markdown(results: BenchmarkResults, plots: list[str]) -> str:
     out += ["Seconds are prediction time summed over rows (cached rows keep the time of the run "
             f"that computed them). This invocation: {results.seconds:.0f} s "
             f"({results.computed_rows} rows computed, {results.cached_rows} reused from the "
-            "cache).", ""]
+            "cache)" + (f"; the model ran on `{results.model_device}`" if results.model_device
+                        else "") + ".", ""]
     out += ["## Methods", ""]
     for name, desc in results.methods.items():
         out.append(f"- `{name}`: `{json.dumps(_clean(desc), sort_keys=True)}`")

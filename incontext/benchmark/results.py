@@ -41,6 +41,7 @@ class BenchmarkResults:
     seconds: float = 0.0
     computed_rows: int = 0
     cached_rows: int = 0
+    model_device: str | None = None  # where the in-context model ran in this invocation
     # (task, method, N, ensemble) -> overlay example .npz in the cache
     examples: dict[tuple[str, str, int, int], Path] = field(default_factory=dict)
 
@@ -130,7 +131,7 @@ class BenchmarkResults:
             "methods": self.methods, "notes": self.notes,
             "skipped_tasks": self.skipped_tasks,
             "run": {"seconds": self.seconds, "computed_rows": self.computed_rows,
-                    "cached_rows": self.cached_rows},
+                    "cached_rows": self.cached_rows, "model_device": self.model_device},
             "protocol": {
                 "support_split": "train", "query_split": "test",
                 "aggregation": "Dice per query -> mean over queries -> mean/std over draws "
