@@ -7,9 +7,11 @@ One generated task (colour discs on textured background, ``--size`` pixels squar
 * ``default`` the library defaults: cut and colour rendering chosen on the supports;
 * ``tiles2``  the defaults plus 2 x 2 tiles (9 passes per query; thin structures).
 
-Each row is timed twice: a cold call (support-set checks for the choices, then the
-queries) and a warm call that reuses those choices (``reuse=``), i.e. the cost per query
-when a support set labels many files. Times are wall-clock medians of ``--repeats``.
+Each row is timed three ways: a cold call (support-set checks for the choices, then the
+queries), a warm call that reuses those choices (``reuse=``), i.e. the cost per query
+when a support set labels many images at once, and one call per query with ``reuse=``
+(*per file*: what ``incontext segment`` does for a folder). Times are wall-clock medians
+of ``--repeats``.
 
     python benchmarks/segment_throughput.py                   # --device auto
     python benchmarks/segment_throughput.py --device cuda --supports 16,64
@@ -58,7 +60,7 @@ def time_mode(model, queries: np.ndarray, supports: np.ndarray, labels: np.ndarr
     """Median cold (with support checks) and warm (choices reused) seconds for all queries."""
     from incontext import segment
 
-    cold, warm, choices = [], [], None
+    cold, warm, per_file, choices = [], [], [], None
     for _ in range(repeats):
         reuse: dict = {}
         t0 = time.perf_counter()
@@ -69,11 +71,17 @@ def time_mode(model, queries: np.ndarray, supports: np.ndarray, labels: np.ndarr
         segment(model, queries, supports, labels, reuse=reuse, batch_size=batch_size,
                 **settings)
         warm.append(time.perf_counter() - t0)
-        choices = {int(k): list(v) for k, v in reuse.items()}
+        t0 = time.perf_counter()  # one call per query, as `incontext segment` labels files
+        for one in queries:
+            segment(model, one, supports, labels, reuse=reuse, batch_size=batch_size,
+                    **settings)
+        per_file.append((time.perf_counter() - t0) / len(queries))
+        choices = {k: list(v) for k, v in reuse.items() if isinstance(k, int)}
     n = len(queries)
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     return {"cold_s": cold_s, "warm_s": warm_s, "checks_s": max(cold_s - warm_s, 0.0),
             "ms_per_query": 1e3 * warm_s / n, "queries_per_s": n / warm_s,
+            "ms_per_file": 1e3 * statistics.median(per_file),
             "foreground_fraction": float(np.mean([o.mask.mean() > 0 for o in out])),
             "choices": choices}
 
@@ -123,12 +131,13 @@ def print_table(report: dict) -> None:
     table = Table(title=f"incontext.segment, {report['image_size']} px colour queries, "
                         f"{report['device']} ({report['device_name']}), batch "
                         f"{report['batch_size']}, {report['threads']} threads")
-    for col in ("mode", "N", "queries", "support checks (s)", "ms / query", "queries / s"):
+    for col in ("mode", "N", "queries", "support checks (s)", "ms / query", "queries / s",
+                "ms / file"):
         table.add_column(col, justify="right")
     for r in report["rows"]:
         table.add_row(r["mode"], str(r["support_size"]), str(r["queries"]),
                       f"{r['checks_s']:.2f}", f"{r['ms_per_query']:.1f}",
-                      f"{r['queries_per_s']:.1f}")
+                      f"{r['queries_per_s']:.1f}", f"{r.get('ms_per_file', float('nan')):.0f}")
     Console().print(table)
 
 

@@ -35,6 +35,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
+from incontext.support_cache import PreparedSupports, cached, keep, support_key
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
@@ -172,6 +173,47 @@ def _pick_rendering(run: TiledRunner, names: Sequence[str],
     return chosen, cals[chosen]
 
 
+def _window_key(window) -> object:
+    """A hashable, printable form of a ``window`` setting (for the support-set key)."""
+    if window is None or isinstance(window, str):
+        return window
+    return tuple(float(v) for v in window)
+
+
+def _prepare_supports(s_images: list[np.ndarray], s_labels: list[np.ndarray],
+                      sizes: dict[int, int], modality: str, window, normalized: bool,
+                      use_colour: bool, wanted: tuple[int, ...] | None,
+                      key: str) -> PreparedSupports:
+    """Check the support pairs and make the model's inputs for every tiling in ``sizes``."""
+    label_maps = []
+    for i, (img, lab) in enumerate(zip(s_images, s_labels, strict=True)):
+        lab = _check_label_map(lab, i)
+        if img.shape[:2] != lab.shape:
+            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
+                                  f"label shape {lab.shape}")
+        label_maps.append(lab)
+    present = sorted({int(v) for lab in label_maps for v in np.unique(lab) if v != 0})
+    targets = list(wanted) if wanted is not None else present
+    if not present:
+        warnings.warn("every support label is empty: the prediction will be all background",
+                      stacklevel=3)
+    missing = [v for v in targets if v not in present]
+    if missing and present:
+        warnings.warn(f"label value(s) {missing} do not occur in any support label",
+                      stacklevel=3)
+    grey = {g: torch.from_numpy(_prepare_images(s_images, n, "support image", modality,
+                                                window, normalized=normalized))
+            for g, n in sizes.items()}
+    colour = None
+    if use_colour:
+        colour = {g: _prepare_colour(s_images, n, "support image", modality, window,
+                                     normalized=normalized) for g, n in sizes.items()}
+    soft = {value: {g: torch.stack([resize_mask_soft(pad_to_square(
+        (lab == value).astype(np.float32)), n) for lab in label_maps]) for g, n in sizes.items()}
+        for value in targets if value in present}
+    return PreparedSupports(key=key, present=present, grey=grey, colour=colour, soft=soft)
+
+
 def draw_support_subsets(pool: int, size: int, ensemble: int, seed: int) -> list[np.ndarray]:
     """Sorted support indices for each ensemble member (all of them when size >= pool)."""
     if size >= pool:
@@ -234,7 +276,7 @@ def segment(
     tta: int = 1,
     colour: str = "auto",
     nearest: int | None = None,
-    reuse: dict[int, tuple[int, float, str]] | None = None,
+    reuse: dict | None = None,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -268,9 +310,12 @@ def segment(
     chosen among all the supports unless ``support_size`` is given; with a large support
     set it is as accurate as using them all, and faster (docs/segment.md).
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
-    rendering); pass the same dict to later calls with the **same supports and settings**
-    (e.g. one call per query file) and the support-set checks run only once. The choices
-    depend on the supports alone, so the results are the same as without it.
+    rendering; under the label value) and the preprocessed supports
+    (:mod:`incontext.support_cache`); pass the same dict to later calls with the **same
+    supports and settings** (e.g. one call per query file) and the support-set checks and
+    preprocessing run only once (the supports are prepared again when their fingerprint
+    differs). The choices depend on the supports alone, so the results are the same as
+    without it.
     Returns one :class:`Segmentation` per query (a single one for a single 2D query).
     """
     if ensemble < 1:
@@ -303,43 +348,34 @@ def segment(
         raise SupportSetError("no query images given")
     if len(s_images) != len(s_labels):
         raise SupportSetError(f"{len(s_images)} support images but {len(s_labels)} support labels")
-    label_maps = []
-    for i, (img, lab) in enumerate(zip(s_images, s_labels, strict=True)):
-        lab = _check_label_map(lab, i)
-        if img.shape[:2] != lab.shape:
-            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
-                                  f"label shape {lab.shape}")
-        label_maps.append(lab)
     for i, q in enumerate(queries):
         if q.ndim not in (2, 3):
             raise SupportSetError(f"query {i}: expected a 2D image, got shape {q.shape}")
 
-    present = sorted({int(v) for lab in label_maps for v in np.unique(lab) if v != 0})
-    wanted = [int(v) for v in labels] if labels is not None else present
-    if not present:
-        warnings.warn("every support label is empty: the prediction will be all background",
-                      stacklevel=2)
-    missing = [v for v in wanted if v not in present]
-    if missing and present:
-        warnings.warn(f"label value(s) {missing} do not occur in any support label",
-                      stacklevel=2)
-
     resolution = _model_resolution(model)
     options = tile_options(tiles)
     sizes = {g: tiled_size(resolution, g) for g in options}  # working sizes
-    q_by = {g: torch.from_numpy(_prepare_images(queries, sizes[g], "query", modality, window))
-            for g in options}
-    s_by = {g: torch.from_numpy(_prepare_images(s_images, sizes[g], "support image", modality,
-                                                window, normalized=supports_normalized))
-            for g in options}
     size = sizes[max(options)]
     use_colour = colour != DEFAULT_COLOUR and any(
         colour_channels(im) is not None for im in (*queries, *s_images))
+    wanted_arg = None if labels is None else tuple(int(v) for v in labels)
+    key = None if reuse is None else support_key(
+        s_images, s_labels, (sizes, modality, _window_key(window), supports_normalized,
+                             use_colour, wanted_arg))
+    prepared = cached(reuse, key)
+    if prepared is None:  # check, normalise and resize the supports (kept for the next call)
+        prepared = _prepare_supports(s_images, s_labels, sizes, modality, window,
+                                     supports_normalized, use_colour, wanted_arg, key or "")
+        keep(reuse, prepared)
+    present = prepared.present
+    wanted = list(wanted_arg) if wanted_arg is not None else present
+    s_by = prepared.grey
+    q_by = {g: torch.from_numpy(_prepare_images(queries, sizes[g], "query", modality, window))
+            for g in options}
     if use_colour:
         rgb_q = {g: _prepare_colour(queries, sizes[g], "query", modality, window)
                  for g in options}
-        rgb_s = {g: _prepare_colour(s_images, sizes[g], "support image", modality, window,
-                                    normalized=supports_normalized) for g in options}
+        rgb_s = prepared.colour
     pool = len(s_images)
     if nearest is not None and support_size is None:  # the nearest K among all the supports
         k = pool
@@ -366,9 +402,7 @@ def segment(
                 cuts.append(base_cut)
                 colours.append(DEFAULT_COLOUR)
                 continue  # probability stays 0
-            soft = {g: torch.stack([resize_mask_soft(pad_to_square(
-                (lab == value).astype(np.float32)), sizes[g]) for lab in label_maps])
-                for g in options}
+            soft = prepared.soft[value]
             g_lab = options[0]
             t_lab = base_cut
             first = torch.from_numpy(subsets[0])

@@ -41,6 +41,7 @@ def test_rows_for_every_support_size_and_mode(tmp_path):
     for row in report["rows"]:
         assert row["cold_s"] > 0 and row["warm_s"] > 0 and row["queries"] == 2
         assert row["queries_per_s"] == pytest.approx(2 / row["warm_s"])
+        assert row["ms_per_file"] > 0
     default = [r for r in report["rows"] if r["mode"] == "default"][0]
     assert list(default["choices"]) == ["1"]  # one label value, its choices recorded
     assert not list(out.parent.glob("*.tmp"))

@@ -1,0 +1,63 @@
+"""Preprocessed support sets kept between ``segment()`` calls that share them.
+
+``incontext segment`` labels a folder one file at a time against one support set. Each
+call would otherwise check, normalise and resize every support again (for 64 colour
+supports of 512 × 512 pixels that is longer than the model's own work on the CPU, and
+nearly all of the time on a GPU). With ``segment(..., reuse=d)`` the preprocessed
+supports are kept in ``d`` under :data:`CACHE_KEY`, next to each label's choices, and
+used again only when a fingerprint of the support images, labels and preprocessing
+settings matches; a different support set replaces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CACHE_KEY = "_prepared_supports"  # the entry of a ``reuse`` dict that holds them
+
+
+@dataclass
+class PreparedSupports:
+    """A support set ready for the model, and the key it was prepared under.
+
+    present: foreground label values found in the labels, sorted
+    grey:    tiling g -> (S, size_g, size_g) normalised grey images
+    colour:  tiling g -> (S, 3, size_g, size_g) normalised R, G, B (None: grey task)
+    soft:    label value -> tiling g -> (S, size_g, size_g) soft binary labels
+    """
+
+    key: str
+    present: list[int]
+    grey: dict[int, torch.Tensor]
+    colour: dict[int, np.ndarray] | None
+    soft: dict[int, dict[int, torch.Tensor]]
+
+
+def support_key(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                settings: Hashable) -> str:
+    """A digest of every support image and label (shape, dtype, bytes) and ``settings``."""
+    digest = hashlib.blake2b(repr(settings).encode(), digest_size=20)
+    for array in (*images, *labels):
+        a = np.ascontiguousarray(array)
+        digest.update(f"{a.shape}{a.dtype.str}".encode())
+        digest.update(a.view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def cached(reuse: dict | None, key: str | None) -> PreparedSupports | None:
+    """The supports kept in ``reuse`` under ``key``, else None."""
+    if reuse is None or key is None:
+        return None
+    prepared = reuse.get(CACHE_KEY)
+    return prepared if isinstance(prepared, PreparedSupports) and prepared.key == key else None
+
+
+def keep(reuse: dict | None, prepared: PreparedSupports) -> None:
+    """Keep ``prepared`` in ``reuse`` (replacing another support set's)."""
+    if reuse is not None:
+        reuse[CACHE_KEY] = prepared

@@ -1,0 +1,91 @@
+"""segment(reuse=): supports prepared once per support set, and never served stale."""
+
+import numpy as np
+import pytest
+import torch
+
+import incontext.inference as inference
+from incontext.inference import segment
+from incontext.models import UniverSeg
+from incontext.support_cache import CACHE_KEY, support_key
+
+
+def _task(seed: int, n: int = 5, colour: bool = True):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48]
+    images, labels = [], []
+    for _ in range(n + 2):
+        cy, cx, r = rng.uniform(14, 34), rng.uniform(14, 34), rng.uniform(6, 12)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        grey = 60 + 120 * disc + rng.normal(0, 8, disc.shape)
+        image = np.stack([grey, grey * 0.5, 255 - grey], -1) if colour else grey
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+        labels.append(disc * 2)
+    return images[:n], labels[:n], images[n:]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return UniverSeg(encoder_widths=(8, 8), resolution=32).eval()
+
+
+def _counting(monkeypatch):
+    calls = []
+    original = inference._prepare_supports
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "_prepare_supports", counted)
+    return calls
+
+
+def test_supports_prepared_once_for_many_calls(model, monkeypatch):
+    images, labels, queries = _task(0)
+    fresh = [segment(model, q, images, labels) for q in queries]
+    calls = _counting(monkeypatch)
+    reuse: dict = {}
+    kept = [segment(model, q, images, labels, reuse=reuse) for q in queries]
+    assert len(calls) == 1 and CACHE_KEY in reuse
+    for a, b in zip(fresh, kept, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_another_support_set_is_prepared_again_not_served_stale(model, monkeypatch):
+    images, labels, queries = _task(0)
+    other_images, other_labels, _ = _task(1)
+    other_labels[0] = other_labels[0] // 2  # value 1 in one label map: another task
+    calls = _counting(monkeypatch)
+    reuse: dict = {}
+    segment(model, queries[0], images, labels, reuse=reuse, threshold=0.5, colour="luma")
+    got = segment(model, queries[0], other_images, other_labels, reuse=reuse,
+                  threshold=0.5, colour="luma")
+    want = segment(model, queries[0], other_images, other_labels, threshold=0.5,
+                   colour="luma")
+    assert len(calls) == 3  # first set, the second set, the call without reuse
+    assert got.labels == want.labels == [1, 2]
+    np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+
+
+def test_key_changes_with_a_pixel_a_label_or_a_setting():
+    images, labels, _ = _task(2, n=3)
+    base = support_key(images, labels, ("other", None))
+    assert support_key(list(images), list(labels), ("other", None)) == base
+    changed = [im.copy() for im in images]
+    changed[1][5, 5, 0] ^= 1
+    assert support_key(changed, labels, ("other", None)) != base
+    relabelled = [lab.copy() for lab in labels]
+    relabelled[2][0, 0] = 7
+    assert support_key(images, relabelled, ("other", None)) != base
+    assert support_key(images, labels, ("mr", None)) != base
+    assert support_key(images, [lab.astype(np.int64) for lab in labels], ("other", None)) != base
+
+
+def test_bad_supports_still_fail_clearly_with_reuse(model):
+    images, labels, queries = _task(3, colour=False)
+    labels[1] = labels[1][:-1]
+    with pytest.raises(inference.SupportSetError, match="support pair 1"):
+        segment(model, queries[0], images, labels, reuse={})
