@@ -74,6 +74,7 @@ def test_segment_cli_device_error_is_one_clear_line(tmp_path, capsys, no_cuda):
     assert "CUDA is not available" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
     assert run_cli([*argv, "--device", "cpu"]) == 0
+    assert "(model on cpu)" in capsys.readouterr().out  # the summary says where it ran
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 3 and all(n.endswith(".png") for n in written)
     assert all(np.asarray(Image.open(out / n)).ndim == 2 for n in written)

@@ -211,7 +211,8 @@ def _run(args: argparse.Namespace) -> int:
                 seconds=time.perf_counter() - start,
                 fractions={v: float((mask == v).mean()) for v in wanted}))
             progress.advance(files_task)
-    _print_summary(results, wanted, out, Console())
+    _print_summary(results, wanted, out, Console(),
+                   device=str(next(model.parameters()).device))
     return 0
 
 
@@ -250,10 +251,11 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
     return result.mask, result.uncertainty, total // max(len(wanted), 1), axes
 
 
-def _print_summary(results: list[FileResult], labels: list[int], out: Path, console) -> None:
+def _print_summary(results: list[FileResult], labels: list[int], out: Path, console,
+                   device: str = "cpu") -> None:
     from rich.table import Table
 
-    table = Table(title=f"incontext segment -> {out}")
+    table = Table(title=f"incontext segment -> {out} (model on {device})")
     table.add_column("file", overflow="fold")
     table.add_column("shape", justify="right")
     table.add_column("slices", justify="right")
