@@ -5,7 +5,9 @@ One generated task (colour discs on textured background, ``--size`` pixels squar
 
 * ``plain``   fixed cut 0.5, luma, whole image (one forward pass per query batch);
 * ``default`` the library defaults: cut and colour rendering chosen on the supports;
-* ``tiles2``  the defaults plus 2 x 2 tiles (9 passes per query; thin structures).
+* ``tiles2``  the defaults plus 2 x 2 tiles (9 passes per query; thin structures);
+* ``nearest16`` the defaults, each query (and each support check) with its 16 nearest
+  supports (``--nearest 16``; for large support sets).
 
 Each row is timed three ways: a cold call (support-set checks for the choices, then the
 queries), a warm call that reuses those choices (``reuse=``), i.e. the cost per query
@@ -35,6 +37,7 @@ MODES: dict[str, dict] = {
     "plain": {"threshold": 0.5, "colour": "luma", "tiles": 1},
     "default": {"threshold": "auto", "colour": "auto", "tiles": 1},
     "tiles2": {"threshold": "auto", "colour": "auto", "tiles": 2},
+    "nearest16": {"threshold": "auto", "colour": "auto", "tiles": 1, "nearest": 16},
 }
 
 
