@@ -173,6 +173,19 @@ def _pick_rendering(run: TiledRunner, names: Sequence[str],
     return chosen, cals[chosen]
 
 
+def checked_label_maps(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+                       ) -> list[np.ndarray]:
+    """Support label maps as int64, each checked and matched to its image's (H, W)."""
+    maps = []
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        lab = _check_label_map(lab, i)
+        if img.shape[:2] != lab.shape:
+            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
+                                  f"label shape {lab.shape}")
+        maps.append(lab)
+    return maps
+
+
 def _window_key(window) -> object:
     """A hashable, printable form of a ``window`` setting (for the support-set key)."""
     if window is None or isinstance(window, str):
@@ -185,13 +198,7 @@ def _prepare_supports(s_images: list[np.ndarray], s_labels: list[np.ndarray],
                       use_colour: bool, wanted: tuple[int, ...] | None,
                       key: str) -> PreparedSupports:
     """Check the support pairs and make the model's inputs for every tiling in ``sizes``."""
-    label_maps = []
-    for i, (img, lab) in enumerate(zip(s_images, s_labels, strict=True)):
-        lab = _check_label_map(lab, i)
-        if img.shape[:2] != lab.shape:
-            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
-                                  f"label shape {lab.shape}")
-        label_maps.append(lab)
+    label_maps = checked_label_maps(s_images, s_labels)
     present = sorted({int(v) for lab in label_maps for v in np.unique(lab) if v != 0})
     targets = list(wanted) if wanted is not None else present
     if not present:

@@ -29,10 +29,10 @@ from incontext.cli.text_options import add_text_arguments  # noqa: F401  (re-exp
 from incontext.inference import (
     SupportSetError,
     _as_image_list,
-    _check_label_map,
     _is_single_image,
     _prepare_images,
     _to_numpy,
+    checked_label_maps,
 )
 from incontext.models.text_driven import TextDriven
 from incontext.preprocessing import pad_to_square, resize_mask_soft, resize_probabilities
@@ -112,13 +112,7 @@ def _support_tensors(support_images, support_labels, n_classes: int, size: int,
     values = list(support_values) if support_values is not None else list(range(1, n_classes + 1))
     if len(values) != n_classes:
         raise SupportSetError(f"support_values has {len(values)} entries for {n_classes} classes")
-    maps = []
-    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
-        lab = _check_label_map(lab, i)
-        if img.shape[:2] != lab.shape:
-            raise SupportSetError(f"support pair {i}: image shape {img.shape} does not match "
-                                  f"label shape {lab.shape}")
-        maps.append(lab)
+    maps = checked_label_maps(images, labels)
     s_img = torch.from_numpy(_prepare_images(images, size, "support image", modality, window))
     soft = torch.stack([
         torch.stack([resize_mask_soft(pad_to_square((lab == v).astype(np.float32)), size)
