@@ -59,8 +59,7 @@ def select_tasks(index: TaskIndex, patterns: Sequence[str] | None) -> list[str]:
 
 def _device_of(method: Any) -> str | None:
     """Where an in-context model method's network runs (``None`` without one)."""
-    params = getattr(getattr(method, "model", None), "parameters", None)
-    first = next(params(), None) if params is not None else None
+    first = None if method is None else next(method.model.parameters(), None)
     return None if first is None else str(first.device)
 
 

@@ -142,8 +142,7 @@ def load_model(name: str | None = None, path: str | Path | None = None,
     ``device``: where the model runs (:func:`incontext.device.resolve_device`: ``"auto"``,
     ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``); :func:`incontext.segment` follows it.
     """
-    target = device if isinstance(device, torch.device) else resolve_device(device)
-    return _load_on_cpu(name, path).to(target)
+    return _load_on_cpu(name, path).to(resolve_device(str(device)))
 
 
 def _load_on_cpu(name: str | None, path: str | Path | None) -> nn.Module:
