@@ -193,6 +193,31 @@ def test_supervised_unet_never_sees_queries():
     np.testing.assert_allclose(both[:1], first, atol=1e-6)  # queries do not influence each other
 
 
+def test_supervised_unet_device_names_are_checked_and_results_match():
+    from incontext.device import DeviceError
+
+    si, sl = disks(3, (24, 24), seed=24)
+    default = get_baseline("supervised-unet", steps=2, batch_size=2)
+    named = get_baseline("supervised-unet", steps=2, batch_size=2, device="cpu")
+    assert named.device == torch.device("cpu") and "device" not in named.describe()
+    np.testing.assert_array_equal(default.predict(si, sl, si, seed=3),
+                                  named.predict(si, sl, si, seed=3))
+    with pytest.raises(DeviceError, match="unknown device"):
+        get_baseline("supervised-unet", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            get_baseline("supervised-unet-rgb", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_supervised_unet_on_cuda_learns_disks():
+    si, sl = disks(8, (64, 64), seed=17)
+    qi, ql = disks(6, (64, 64), seed=18)
+    prob = get_baseline("supervised-unet", steps=40, batch_size=4, device="cuda"
+                        ).predict(si, sl, qi, seed=0)
+    assert isinstance(prob, np.ndarray) and mean_dice(prob, ql) > 0.8
+
+
 def test_prototype_beats_chance():
     si, sl = disks(6, (48, 48), seed=22)
     qi, ql = disks(6, (48, 48), seed=23)

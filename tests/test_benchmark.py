@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from incontext.baselines import get_baseline
 from incontext.benchmark import (
@@ -293,6 +294,8 @@ def test_end_to_end_with_model_and_all_baselines(index_paths, tmp_path):
 
     where = str(resolve_device("auto"))
     assert data["run"]["model_device"] == where and f"the model ran on `{where}`" in report
+    assert data["run"]["baseline_device"] == where
+    assert f"the U-Net baselines trained on `{where}`" in report
     assert all("device" not in desc for desc in data["methods"].values())
     try:
         import matplotlib  # noqa: F401
@@ -328,6 +331,7 @@ def test_default_model_missing_runs_baselines_with_note(index_paths, monkeypatch
     assert list(results.methods) == ["mean-label"]
     assert any("no default model" in note for note in results.notes)
     assert results.to_dict()["run"]["model_device"] is None
+    assert results.to_dict()["run"]["baseline_device"] is None  # no U-Net baseline ran
 
 
 def test_bad_arguments_are_clear(index_paths):
@@ -418,3 +422,17 @@ def test_evaluation_masks_are_not_benchmarked_by_default():
 
     assert select_tasks(FakeIndex(), None) == ["drive/2d/vessel", "wbc/2d/nucleus"]
     assert select_tasks(FakeIndex(), ["drive/*"]) == ["drive/2d/vessel", "drive/2d/field of view"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a missing GPU")
+def test_baseline_device_goes_to_the_unet_baselines_only():
+    from incontext.benchmark.methods import make_baselines
+    from incontext.device import DeviceError
+
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        make_baselines(["threshold", "supervised-unet"], device="cuda")
+    # the cheap baselines take no device; a baseline's own setting wins over the default
+    made = make_baselines(["threshold", "supervised-unet"],
+                          {"supervised-unet": {"device": "cpu"}}, device="cuda")
+    assert [m.name for m in made] == ["threshold", "supervised-unet"]
+    assert str(made[1].device) == "cpu"

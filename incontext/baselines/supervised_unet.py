@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from incontext.baselines.base import Baseline, check_inputs
 from incontext.colour import check_rgb
+from incontext.device import resolve_device
 
 
 def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -141,7 +142,10 @@ class SupervisedUNet(Baseline):
     augmentation all follow ``seed`` (the global torch RNG state is restored afterwards).
     The default budget (150 steps x 4 images) costs about 20-35 s per task at 128 x 128 on one
     CPU core, independent of the number of supports (docs/metrics.md has the measurement).
-    ``max_threads`` caps torch's intra-op threads while this method runs.
+    ``max_threads`` caps torch's intra-op threads while this method runs. ``device``
+    (``"cpu"``, ``"cuda"``, ``"auto"``, ...; :mod:`incontext.device`) is where the U-Net
+    trains and predicts; sampling and augmentation stay on the CPU, so the draws and
+    augmentations are the same everywhere (the results are not bit-identical across devices).
     """
 
     name = "supervised-unet"
@@ -156,6 +160,7 @@ class SupervisedUNet(Baseline):
         groups: int = 8,
         augmentation: bool = True,
         max_threads: int | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         if steps < 0 or batch_size < 1 or levels < 1 or base_features < 1 or lr <= 0:
             raise ValueError(
@@ -170,6 +175,7 @@ class SupervisedUNet(Baseline):
         self.groups = int(groups)
         self.augmentation = bool(augmentation)
         self.max_threads = max_threads
+        self.device = resolve_device(str(device))
         self.last_train_seconds: float | None = None
         self.last_loss: float | None = None
 
@@ -197,7 +203,8 @@ class SupervisedUNet(Baseline):
 
     def _train(self, images: np.ndarray, labels: np.ndarray, gen: torch.Generator) -> SmallUNet:
         x_all = _with_channels(images)
-        model = SmallUNet(self.levels, self.base_features, self.groups, x_all.shape[1])
+        model = SmallUNet(self.levels, self.base_features, self.groups, x_all.shape[1]
+                          ).to(self.device)
         x_all, _ = _pad_to_multiple(x_all, model.multiple)
         y_all, _ = _pad_to_multiple(torch.from_numpy(labels)[:, None], model.multiple)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
@@ -207,11 +214,13 @@ class SupervisedUNet(Baseline):
             x, y = x_all[idx], y_all[idx]
             if self.augmentation:
                 x, y = augment(x, y, gen)
+            x, y = x.to(self.device), y.to(self.device)
             loss = dice_bce_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            self.last_loss = float(loss.detach())
+        # read once at the end: a per-step read would wait for the GPU every step
+        self.last_loss = float(loss.detach()) if self.steps else None
         return model
 
     @torch.no_grad()
@@ -220,7 +229,7 @@ class SupervisedUNet(Baseline):
         out = []
         for i in range(0, queries.shape[0], chunk):
             x, (h, w) = _pad_to_multiple(_with_channels(queries[i : i + chunk]), model.multiple)
-            out.append(torch.sigmoid(model(x))[:, 0, :h, :w].numpy())
+            out.append(torch.sigmoid(model(x.to(self.device)))[:, 0, :h, :w].cpu().numpy())
         return np.concatenate(out)
 
     def describe(self) -> dict[str, Any]:

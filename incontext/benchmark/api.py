@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from incontext.baselines import SupervisedUNet
 from incontext.benchmark.methods import load_model_method, make_baselines, resolve_baselines
 from incontext.benchmark.protocol import ProtocolError, load_task
 from incontext.benchmark.results import BenchmarkResults
@@ -84,6 +85,7 @@ def run_benchmark(
     model_colour: str = "luma",
     model_nearest: int | None = None,
     model_device: str = "cpu",
+    baseline_device: str = "cpu",
     progress: bool = True,
     plots: bool = True,
     console: Any = None,
@@ -107,7 +109,8 @@ def run_benchmark(
     named ``<model>-...-colour-<c>``. ``model_nearest`` = k runs each query with its k most
     similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
     ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
-    ...; :mod:`incontext.device`); the baselines run on the CPU.
+    ...; :mod:`incontext.device`); ``baseline_device``: where the baselines that train a
+    network (``supervised-unet``, ``-rgb``) do it; the other baselines run on the CPU.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -141,7 +144,8 @@ def run_benchmark(
             (console or Console()).print(f"[yellow]note:[/] {note}")
     if model_method is not None:
         all_methods.append(model_method)
-    all_methods += make_baselines(resolve_baselines(baselines), baseline_settings)
+    all_methods += make_baselines(resolve_baselines(baselines), baseline_settings,
+                                  device=baseline_device)
     all_methods += list(methods)
     names = [m.name for m in all_methods]
     if not all_methods:
@@ -159,7 +163,9 @@ def run_benchmark(
     results = BenchmarkResults(rows=[], config=config,
                                methods={m.name: m.describe() for m in all_methods},
                                indexes=[str(p) for p in opened.paths], out_dir=out, notes=notes,
-                               model_device=_device_of(model_method))
+                               model_device=_device_of(model_method),
+                               baseline_device=next((str(m.device) for m in all_methods
+                                                     if isinstance(m, SupervisedUNet)), None))
     try:
         task_names = select_tasks(opened, tasks)
         colour_users = [m.name for m in all_methods if getattr(m, "uses_colour", False)]

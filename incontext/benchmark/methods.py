@@ -14,6 +14,7 @@ inventing a support set; see docs/benchmark.md.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -221,16 +222,24 @@ def resolve_baselines(spec: str | Sequence[str] | None) -> list[str]:
 
 
 def make_baselines(names: Sequence[str],
-                   settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[Any]:
-    """Instantiate baselines with per-method keyword settings ({name: {key: value}})."""
+                   settings: Mapping[str, Mapping[str, Any]] | None = None,
+                   device: str = "cpu") -> list[Any]:
+    """Instantiate baselines with per-method keyword settings ({name: {key: value}}).
+
+    ``device`` goes to the baselines that train a network (``supervised-unet``,
+    ``supervised-unet-rgb``) unless their settings name one.
+    """
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(names))
     if unknown:
         raise ValueError(f"settings given for baseline(s) not being run: {unknown}")
     out = []
     for name in names:
+        kwargs = dict(settings.get(name, {}))
+        if "device" in inspect.signature(BASELINES[name]).parameters:
+            kwargs.setdefault("device", device)
         try:
-            out.append(get_baseline(name, **dict(settings.get(name, {}))))
+            out.append(get_baseline(name, **kwargs))
         except TypeError as exc:
             raise ValueError(f"baseline {name!r}: bad settings {settings.get(name)}: {exc}"
                              ) from None

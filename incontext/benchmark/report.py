@@ -278,6 +278,16 @@ def write_overlays(results: BenchmarkResults, out: Path, n: int, plt: Any) -> bo
 
 # ---------------------------------------------------------------------------------- report.md
 
+def _devices_sentence(results: BenchmarkResults) -> str:
+    """'; the model ran on `cpu`, the U-Net baselines trained on `cuda:0`', or ''."""
+    parts = []
+    if results.model_device:
+        parts.append(f"the model ran on `{results.model_device}`")
+    if results.baseline_device:
+        parts.append(f"the U-Net baselines trained on `{results.baseline_device}`")
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
@@ -360,8 +370,7 @@ def markdown(results: BenchmarkResults, plots: list[str]) -> str:
     out += ["Seconds are prediction time summed over rows (cached rows keep the time of the run "
             f"that computed them). This invocation: {results.seconds:.0f} s "
             f"({results.computed_rows} rows computed, {results.cached_rows} reused from the "
-            "cache)" + (f"; the model ran on `{results.model_device}`" if results.model_device
-                        else "") + ".", ""]
+            "cache)" + _devices_sentence(results) + ".", ""]
     out += ["## Methods", ""]
     for name, desc in results.methods.items():
         out.append(f"- `{name}`: `{json.dumps(_clean(desc), sort_keys=True)}`")

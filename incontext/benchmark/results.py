@@ -42,6 +42,7 @@ class BenchmarkResults:
     computed_rows: int = 0
     cached_rows: int = 0
     model_device: str | None = None  # where the in-context model ran in this invocation
+    baseline_device: str | None = None  # where supervised-unet(-rgb) trained, when they ran
     # (task, method, N, ensemble) -> overlay example .npz in the cache
     examples: dict[tuple[str, str, int, int], Path] = field(default_factory=dict)
 
@@ -131,7 +132,8 @@ class BenchmarkResults:
             "methods": self.methods, "notes": self.notes,
             "skipped_tasks": self.skipped_tasks,
             "run": {"seconds": self.seconds, "computed_rows": self.computed_rows,
-                    "cached_rows": self.cached_rows, "model_device": self.model_device},
+                    "cached_rows": self.cached_rows, "model_device": self.model_device,
+                    "baseline_device": self.baseline_device},
             "protocol": {
                 "support_split": "train", "query_split": "test",
                 "aggregation": "Dice per query -> mean over queries -> mean/std over draws "

@@ -67,10 +67,11 @@ def threshold_value(text: str) -> float | str:
                            "in (0, 1)")
 
 
-def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    """``--device``: where the model runs (resolved by :func:`incontext.device.resolve_device`)."""
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto",
+                        what: str = "the model runs") -> None:
+    """``--device``: where ``what`` (resolved by :func:`incontext.device.resolve_device`)."""
     parser.add_argument("--device", default=default, metavar="NAME",
-                        help="where the model runs: auto (a CUDA GPU when available, else "
+                        help=f"where {what}: auto (a CUDA GPU when available, else "
                              f"cpu), cpu, cuda, cuda:N or mps (default {default})")
 
 

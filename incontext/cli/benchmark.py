@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmark-results", metavar="DIR",
                    help="output folder; rerunning with it reuses finished rows "
                         "(default benchmark-results)")
-    add_device_argument(p)
+    add_device_argument(p, what="the model runs and the U-Net baselines train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         methods=methods, model_tiles=args.model_tiles,
         model_threshold=args.model_threshold, model_tta=args.model_tta,
         model_colour=args.model_colour, model_nearest=args.model_nearest,
-        model_device=args.device)
+        model_device=args.device, baseline_device=args.device)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "
