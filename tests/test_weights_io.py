@@ -88,6 +88,38 @@ def test_registry():
         load_model("universeg-v1")
 
 
+def test_model_info_counts_parameters_and_marks_the_defaults():
+    from incontext.models import model_info
+    from incontext.models.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+
+    infos = {name: model_info(name) for name in available_models()}
+    for name, info in infos.items():
+        if info["weights"] is not None:  # counted from the file header: equals the loaded model
+            model = load_model(name)
+            assert info["parameters"] == sum(p.numel() for p in model.parameters()), name
+    assert infos["universeg-v1"]["weights"] is None
+    assert infos["universeg-v1"]["parameters"] == infos["incontext-universeg-w64-vessels"][
+        "parameters"]  # the same architecture, counted from a fresh instance
+    assert [n for n, i in infos.items() if i["role"] == "default"] == [DEFAULT_MODEL]
+    assert [n for n, i in infos.items() if i["role"] == "default text"] == [DEFAULT_TEXT_MODEL]
+    with pytest.raises(WeightsError, match="unknown model"):
+        model_info("no-such-model")
+
+
+def test_models_command_lists_every_model(capsys):
+    import json
+
+    from incontext.cli import main
+    from incontext.models.registry import DEFAULT_MODEL
+
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed] == available_models()
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert f"{DEFAULT_MODEL} *" in text and "path=" in text
+
+
 def test_every_shipped_model_loads_with_its_registered_config():
     from incontext.models.registry import REGISTRY, WEIGHTS_DIR
 

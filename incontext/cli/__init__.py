@@ -16,7 +16,7 @@ from typing import Any
 from incontext import __version__
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "benchmark", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "benchmark", "demo", "models")
 
 
 class CLIError(Exception):

@@ -30,6 +30,7 @@ from incontext.models.registry import (  # noqa: E402
     available_models,
     create_model,
     load_model,
+    model_info,
 )
 
 __all__ += [
@@ -40,6 +41,7 @@ __all__ += [
     "load",
     "load_foreign_checkpoint",
     "load_model",
+    "model_info",
     "register_architecture",
     "save",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -166,3 +168,38 @@ def _load_on_cpu(name: str | None, path: str | Path | None) -> nn.Module:
         raise WeightsError(f"model {name!r} has no shipped weights; pass path= to its weights "
                            "file")
     return load(WEIGHTS_DIR / spec.weights)
+
+
+def _tensor_values(path: Path) -> int:
+    """Values stored in a .safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """What a registered model is: family, input size, parameter count, weights, role.
+
+    ``weights`` is the shipped file (``None`` when the user supplies it with ``path=``);
+    ``role`` is ``"default"`` (what ``load_model()`` returns), ``"default text"`` (what
+    ``--text`` uses) or ``""``. Parameters are counted from the weights file's header, or
+    from a fresh instance when nothing is shipped.
+    """
+    spec = _spec(name)
+    weights = None if spec.weights is None else WEIGHTS_DIR / spec.weights
+    if weights is not None and weights.exists():
+        params = _tensor_values(weights)
+        size = weights.stat().st_size
+    else:
+        params = sum(p.numel() for p in create_model(name).parameters())
+        size = None
+    family = "TextDriven" if isinstance(spec.config, TextDrivenConfig) else "UniverSeg"
+    widths = (spec.config.widths if isinstance(spec.config, TextDrivenConfig)
+              else spec.config.encoder_widths)
+    role = ("default" if name == DEFAULT_MODEL else
+            "default text" if name == DEFAULT_TEXT_MODEL else "")
+    return {"name": name, "family": family, "widths": list(widths),
+            "resolution": spec.config.resolution, "parameters": params,
+            "weights": None if weights is None else str(weights), "weights_bytes": size,
+            "role": role, "description": spec.description}
