@@ -4,9 +4,11 @@ One generated task (colour discs on textured background, ``--size`` pixels squar
 ``--queries`` query images against N supports, with the settings users run:
 
 * ``plain``   fixed cut 0.5, luma, whole image (one forward pass per query batch);
-* ``default`` the library defaults: cut and colour rendering chosen on the supports;
-* ``tiles2``  the defaults plus 2 x 2 tiles (9 passes per query; thin structures);
-* ``nearest16`` the defaults, each query (and each support check) with its 16 nearest
+* ``default`` cut and colour rendering chosen on the supports, whole image (the 2D
+  defaults for images under twice the model's size; larger ones also get
+  ``tiles="auto"`` by default since session 14, which this mode fixes at 1);
+* ``tiles2``  ``default`` plus 2 x 2 tiles (9 passes per query; thin structures);
+* ``nearest16`` ``default``, each query (and each support check) with its 16 nearest
   supports (``--nearest 16``; for large support sets).
 
 Each row is timed three ways: a cold call (support-set checks for the choices, then the

@@ -41,6 +41,7 @@ from incontext.tiling import (
     TiledRunner,
     check_tiles,
     choose_tiles,
+    default_tiles,
     resize_stack,
     tile_options,
     tiled_size,
@@ -279,7 +280,7 @@ def segment(
     modality: str = "other",
     window: Sequence[float] | None = None,
     supports_normalized: bool = False,
-    tiles: int | str = 1,
+    tiles: int | str | None = None,
     tta: int = 1,
     colour: str = "auto",
     nearest: int | None = None,
@@ -300,7 +301,9 @@ def segment(
     structures too thin for the model's resolution; it costs ``(2·tiles − 1)²`` passes.
     ``tiles="auto"`` picks 1 or 2 per label by segmenting a few supports from the others
     (:func:`incontext.tiling.choose_tiles`), ``"auto3"`` 1, 2 or 3; ``Segmentation.tiles``
-    says what was used.
+    says what was used. The default (None) is ``"auto"`` when the support images are at
+    least twice the model's resolution (shorter side, median) and 1 otherwise
+    (:func:`incontext.tiling.default_tiles`).
     ``threshold="auto"`` (the default) picks the foreground cut per label the same way, from
     :data:`incontext.calibration.THRESHOLD_GRID` (jointly with the tiling when both are
     auto); thin structures often need a cut below 0.5; with fewer than 3 labelled
@@ -330,7 +333,8 @@ def segment(
     if batch_size is not None and batch_size < 1:
         raise SupportSetError(f"batch_size must be >= 1, got {batch_size}")
     try:
-        check_tiles(tiles)
+        if tiles is not None:
+            check_tiles(tiles)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     auto_threshold = threshold == "auto"
@@ -360,6 +364,8 @@ def segment(
             raise SupportSetError(f"query {i}: expected a 2D image, got shape {q.shape}")
 
     resolution = _model_resolution(model)
+    if tiles is None:  # the default: tiles only where the images hold more than the model sees
+        tiles = default_tiles([im.shape for im in s_images], resolution)
     options = tile_options(tiles)
     sizes = {g: tiled_size(resolution, g) for g in options}  # working sizes
     size = sizes[max(options)]

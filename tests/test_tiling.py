@@ -8,7 +8,13 @@ import torch
 from fake_models import EchoQuery, MeanSupportLabel
 
 from incontext.inference import SupportSetError, segment
-from incontext.tiling import choose_tiles, predict_tiled, tile_origins, tiled_size
+from incontext.tiling import (
+    choose_tiles,
+    default_tiles,
+    predict_tiled,
+    tile_origins,
+    tiled_size,
+)
 
 
 def test_tile_origins_cover_the_image_with_half_overlap():
@@ -57,7 +63,7 @@ def test_thin_structure_survives_tiling_but_not_shrinking():
     image[:, 63] = 1.0  # a one-pixel line; EchoQuery returns the query intensity
     label = np.zeros((128, 128), np.uint8)
     label[:, 63] = 1
-    whole = segment(EchoQuery(16), image, [image], [label])
+    whole = segment(EchoQuery(16), image, [image], [label], tiles=1)
     tiled = segment(EchoQuery(16), image, [image], [label], tiles=4)
     assert whole.probabilities[0, :, 63].max() < 0.5  # 16 px blurs the line away
     assert tiled.probabilities[0, :, 63].mean() > whole.probabilities[0, :, 63].mean() + 0.1
@@ -92,6 +98,24 @@ def test_auto_tiles_picks_tiling_for_thin_structures():
                    threshold=0.5)
     assert thin.tiles == [2]
     assert thin.probabilities.shape == (1, 128, 128)
+
+
+def test_default_tiling_follows_the_support_image_size():
+    assert default_tiles([(256, 300)] * 3, 128) == "auto"
+    assert default_tiles([(255, 400)] * 3, 128) == 1  # the shorter side counts
+    assert default_tiles([(100, 100), (300, 300, 3), (300, 300, 3)], 128) == "auto"  # median
+    assert default_tiles([(100, 100), (100, 100), (300, 300)], 128) == 1
+    assert default_tiles([], 128) == 1
+
+
+def test_segment_tiles_only_images_larger_than_the_model_by_default():
+    images, labels = _line_set()  # 128-px images
+    large = segment(EchoQuery(64), images[0], list(images[1:]), list(labels[1:]),
+                    threshold=0.5)  # twice the model's 64 px: tiles="auto", which picks 2
+    assert large.tiles == [2]
+    same = segment(EchoQuery(128), images[0], list(images[1:]), list(labels[1:]),
+                   threshold=0.5)  # the model's own size: the whole image
+    assert same.tiles == [1]
 
 
 def test_choose_tiles_uses_only_supports_and_needs_two():

@@ -48,10 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--support-size", type=int, metavar="N",
                    help="supports per prediction (2D default: all, at most 64; 3D: 16 "
                         "slices per query slice)")
-    p.add_argument("--tiles", type=tiles_value, default=1, metavar="G|auto|autoG",
+    p.add_argument("--tiles", type=tiles_value, default=None, metavar="G|auto|autoG",
                    help="run the model on G x G overlapping tiles of a G-times larger "
-                        "image (3D: of every slice), for thin or small structures ((2G-1)^2 passes); auto = 1 or 2, "
-                        "whichever segments the supports best, auto3 = 1, 2 or 3 (default 1)")
+                        "image (3D: of every slice), for thin or small structures "
+                        "((2G-1)^2 passes); auto = 1 or 2, whichever segments the supports "
+                        "best, auto3 = 1, 2 or 3 (default: 2D auto when the support images "
+                        "are at least twice the model's size, else 1; volumes 1)")
     p.add_argument("--tta", type=int, choices=TTA_CHOICES, default=1, metavar="N",
                    help="average over N flipped/rotated copies of the task (1, 2, 4 or 8; "
                         "N times the cost; default 1)")

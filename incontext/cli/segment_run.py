@@ -178,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
                        "position (leave it out)")
     if getattr(args, "colour", None) is None:  # the default: chosen on the supports in 2D
         args.colour = "luma" if supports.ndim == 3 else "auto"
+    if args.tiles is None and supports.ndim == 3:  # 2D: segment() decides by image size
+        args.tiles = 1
     if args.threshold is None:  # the default: chosen on the supports in 2D, 0.5 for volumes
         args.threshold = 0.5 if supports.ndim == 3 else "auto"
     model = _load_model(args.model, getattr(args, "device", "auto"))
