@@ -201,7 +201,9 @@ def _run(args: argparse.Namespace) -> int:
                 mask, unc, slices, axes = _segment_3d(model, query, supports, wanted, window,
                                                       args, progress, slices_task)
             else:
-                progress.update(slices_task, total=1, completed=0)
+                # the first file also pays the once-per-run checks on the supports
+                progress.update(slices_task, total=1, completed=0,
+                                description="image" if results else "supports checks + image")
                 mask, unc = _segment_2d(model, query, supports, wanted, window, args, reuse)
                 progress.update(slices_task, completed=1)
                 slices = 1
