@@ -13,7 +13,7 @@ from torch import nn
 from incontext.device import resolve_device
 from incontext.models.io import WeightsError, load, load_foreign_checkpoint
 from incontext.models.text_driven import TextDriven, TextDrivenConfig
-from incontext.models.universeg import UniverSeg, UniverSegConfig
+from incontext.models.universeg import UniverSeg, UniverSegConfig, parameter_count
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -192,7 +192,7 @@ def model_info(name: str) -> dict[str, Any]:
         params = _tensor_values(weights)
         size = weights.stat().st_size
     else:
-        params = sum(p.numel() for p in create_model(name).parameters())
+        params = parameter_count(create_model(name))
         size = None
     family = "TextDriven" if isinstance(spec.config, TextDrivenConfig) else "UniverSeg"
     widths = (spec.config.widths if isinstance(spec.config, TextDrivenConfig)
