@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from data_recipes.synthetic import generate_synthetic_task
+from incontext.data.episode import Episode
+from incontext.training.config import ConfigError, config_from_dict
 from incontext.training.losses import hard_dice, segmentation_loss, soft_dice_loss
 from incontext.training.schedule import WarmupCosine, warmup_cosine_factor
 from incontext.training.sources import (
@@ -18,6 +20,7 @@ from incontext.training.sources import (
     SourceError,
     SyntheticSource,
     synthetic_seeds,
+    tile_crop_episode,
 )
 
 
@@ -184,6 +187,55 @@ def test_index_source_samples_dataset_then_task():
         IndexSource(FakeIndex(), 32, dataset_weights={"nope": 1.0})
     val = src.validation_episodes(3, 2, 1, seed=0)
     assert len(val) == 10 and val[0].query_images.shape == (2, 32, 32)
+
+
+def _box_episode(y: int, x: int, side: int) -> Episode:
+    """64-px episode of random texture; the supports' foreground is the bottom-right
+    quadrant, the query's a ``side``-px square at (y, x)."""
+    rng = np.random.default_rng(5)
+    images = rng.random((4, 64, 64)).astype(np.float32)
+    labels = np.zeros((4, 64, 64), np.float32)
+    labels[:3, 32:, 32:] = 1  # supports: bottom-right
+    labels[3, y:y + side, x:x + side] = 1
+    return Episode("t", images[:3], labels[:3], images[3:], labels[3:], dataset="d")
+
+
+def test_tile_crop_episode_cuts_one_matched_tile_with_foreground():
+    from incontext.tiling import tile_origins
+
+    ep = _box_episode(32, 32, 32)
+    seen = set()
+    for seed in range(20):  # resolution 16, tiles 2: the 64-px images at 32 px, 16-px tiles
+        out = tile_crop_episode(ep, 16, np.random.default_rng(seed))
+        assert out.support_images.shape == (3, 16, 16) and out.query_images.shape == (1, 16, 16)
+        big = tile_crop_episode(ep, 32, np.random.default_rng(seed), tiles=1)  # whole, 32 px
+        # the crop is the same tile of every image, on the tiling grid, and holds foreground
+        match = [(y, x) for y in tile_origins(32, 16) for x in tile_origins(32, 16)
+                 if np.array_equal(big.query_images[:, y:y + 16, x:x + 16], out.query_images)
+                 and np.array_equal(big.support_images[:, y:y + 16, x:x + 16],
+                                    out.support_images)]
+        assert len(match) == 1
+        assert out.query_labels.any() and out.support_labels.any()
+        seen.add(match[0])
+    assert seen == {(8, 8), (8, 16), (16, 8), (16, 16)}  # every tile touching the quadrant
+    # no tile where the query and a support both show foreground: the whole episode
+    apart = _box_episode(0, 0, 8)
+    whole = tile_crop_episode(apart, 16, np.random.default_rng(0))
+    assert whole.query_images.shape == (1, 16, 16)
+    assert whole.query_labels[0, :2, :2].all() and whole.support_labels[:, 8:, 8:].all()
+
+
+def test_index_source_tile_crop_p():
+    off = IndexSource(FakeIndex(), resolution=32)
+    crop = IndexSource(FakeIndex(), resolution=32, tile_crop_p=1.0)
+    a, b = off.sample(np.random.default_rng(1), 2), crop.sample(np.random.default_rng(1), 2)
+    assert a.support_images.shape == b.support_images.shape == (2, 32, 32)
+    assert a.task == b.task  # the same task; the crop only changes the view
+    with pytest.raises(SourceError, match="tile_crop_p"):
+        IndexSource(FakeIndex(), 32, tile_crop_p=2.0)
+    with pytest.raises(ConfigError, match="tile_crop_p"):
+        config_from_dict({"data": {"tile_crop_p": -0.1}})
+    assert config_from_dict({"data": {"tile_crop_p": 0.5}}).data.tile_crop_p == 0.5
 
 
 def test_mixed_source_ratio():

@@ -37,7 +37,10 @@ class DataConfig:
 
     ``support_size`` is an int or ``[min, max]`` (drawn uniformly per step).
     ``synthetic_ratio`` is the fraction of episodes drawn from on-the-fly
-    synthetic tasks (1.0 when no index is given); ``synthetic_thin_ratio`` of those come
+    synthetic tasks (1.0 when no index is given); ``tile_crop_p`` of the index episodes
+    are cut to one position-matched tile of a twice-as-large image, the input of
+    ``segment(tiles=2)`` (:func:`incontext.training.sources.tile_crop_episode`);
+    ``synthetic_thin_ratio`` of the synthetic ones come
     from thin-structure tasks (curvilinear networks, small round objects;
     ``data_recipes.synthetic_thin``). Validation holds ``synthetic_val_tasks`` blob tasks
     and ``synthetic_thin_val_tasks`` thin tasks (default 0, so older runs stay
@@ -54,6 +57,8 @@ class DataConfig:
     dataset_weights: dict[str, float] = field(default_factory=dict)
     # share of colour datasets' training episodes rendered red, green, blue or Fisher mix
     colour_render_p: float = 0.0
+    # share of index training episodes cut to one position-matched tile (what tiles=2 sees)
+    tile_crop_p: float = 0.0
     skip_empty: bool = True
     train_split: str = "train"
     val_split: str = "val"
@@ -313,6 +318,7 @@ def _check_values(cfg: TrainConfig) -> None:
     prob(d.synthetic_ratio, "data.synthetic_ratio")
     prob(d.synthetic_thin_ratio, "data.synthetic_thin_ratio")
     prob(d.colour_render_p, "data.colour_render_p")
+    prob(d.tile_crop_p, "data.tile_crop_p")
     for k, v in d.dataset_weights.items():
         positive(v, f"data.dataset_weights.{k}", allow_zero=True)
     for key in ("synthetic_tasks", "synthetic_subjects", "synthetic_cache", "val_support_size",

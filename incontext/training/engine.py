@@ -116,7 +116,7 @@ def build_sources(config: TrainConfig, index: Any = None,
     if index is not None and ratio < 1:
         idx = IndexSource(index, res, split=d.train_split, val_split=d.val_split,
                           dataset_weights=d.dataset_weights, skip_empty=d.skip_empty,
-                          colour_render_p=d.colour_render_p)
+                          colour_render_p=d.colour_render_p, tile_crop_p=d.tile_crop_p)
         parts.append((idx, 1.0 - ratio))
         val += idx.validation_episodes(d.val_support_size, d.val_queries,
                                        d.val_episodes_per_task, d.val_seed, d.val_max_tasks)

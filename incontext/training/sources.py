@@ -24,6 +24,7 @@ import numpy as np
 from incontext.colour import DEFAULT_COLOUR, RENDERINGS, renderings
 from incontext.data.episode import Episode
 from incontext.preprocessing import resize_image, resize_mask_nearest
+from incontext.tiling import tile_origins
 
 SyntheticGenerator = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -81,6 +82,34 @@ def render_episode(episode: Episode, rendering: str) -> Episode:
     support, query = out[rendering]
     return replace(episode, support_images=np.ascontiguousarray(support, np.float32),
                    query_images=np.ascontiguousarray(query, np.float32))
+
+
+def tile_crop_episode(episode: Episode, resolution: int, rng: np.random.Generator,
+                      tiles: int = 2) -> Episode:
+    """One position-matched ``resolution``-px tile of ``episode`` resized to
+    ``tiles × resolution`` px: the inputs tiled inference gives the model
+    (:mod:`incontext.tiling`, same tile grid). The tile is drawn among those where every
+    query and at least one support show foreground; the episode is returned unchanged
+    (resized to ``resolution``) when no tile does.
+    """
+    big = _resize_episode(episode, tiles * resolution)
+    origins = tile_origins(tiles * resolution, resolution)
+    r = resolution
+    q_fg = big.query_labels >= 0.5
+    s_fg = big.support_labels >= 0.5
+    good = [(y, x) for y in origins for x in origins
+            if q_fg[:, y:y + r, x:x + r].any(axis=(1, 2)).all()
+            and s_fg[:, y:y + r, x:x + r].any()]
+    if not good:
+        return _resize_episode(episode, resolution)
+    y, x = good[int(rng.integers(len(good)))]
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[:, y:y + r, x:x + r])
+
+    return replace(big, support_images=crop(big.support_images),
+                   support_labels=crop(big.support_labels),
+                   query_images=crop(big.query_images), query_labels=crop(big.query_labels))
 
 
 def _pick_subjects(rng: np.random.Generator, n: int, support_size: int,
@@ -260,15 +289,20 @@ class IndexSource:
     ``colour_render_p`` > 0, that share of the training episodes of datasets storing
     R, G, B is rendered to grey another way than luma (:data:`TRAINING_RENDERINGS`, one
     drawn per episode, the same for supports and queries: what ``colour="auto"`` may
-    feed the model at inference); validation episodes stay luma.
+    feed the model at inference); validation episodes stay luma. With ``tile_crop_p`` > 0,
+    that share of the training episodes is cut to one tile (:func:`tile_crop_episode`);
+    validation episodes stay whole.
     """
 
     def __init__(self, index: Any, resolution: int, split: str = "train", val_split: str = "val",
                  dataset_weights: dict[str, float] | None = None, skip_empty: bool = True,
-                 name: str = "index", colour_render_p: float = 0.0) -> None:
-        if not 0.0 <= colour_render_p <= 1.0:
-            raise SourceError(f"colour_render_p must be in [0, 1], got {colour_render_p}")
+                 name: str = "index", colour_render_p: float = 0.0,
+                 tile_crop_p: float = 0.0) -> None:
+        for key, p in (("colour_render_p", colour_render_p), ("tile_crop_p", tile_crop_p)):
+            if not 0.0 <= p <= 1.0:
+                raise SourceError(f"{key} must be in [0, 1], got {p}")
         self.colour_render_p = float(colour_render_p)
+        self.tile_crop_p = float(tile_crop_p)
         self.index = index
         self.resolution = resolution
         self.split = split
@@ -316,6 +350,8 @@ class IndexSource:
         if recolour:
             episode = render_episode(episode, TRAINING_RENDERINGS[
                 int(rng.integers(len(TRAINING_RENDERINGS)))])
+        if self.tile_crop_p > 0 and rng.random() < self.tile_crop_p:  # no draw when off
+            return tile_crop_episode(episode, self.resolution, rng)
         return _resize_episode(episode, self.resolution)
 
     def validation_episodes(self, support_size: int, n_queries: int, episodes_per_task: int,
