@@ -24,6 +24,7 @@ from incontext.benchmark import (
     run_benchmark,
     support_draws,
 )
+from incontext.benchmark.protocol import ProtocolError
 from incontext.benchmark.runner import make_row, score_draw
 from incontext.data import TaskIndex, build_index
 from incontext.data.fixtures import write_png_pairs
@@ -106,6 +107,29 @@ def test_load_task_splits_and_query_cap(index_paths):
         assert set(capped.query_subjects) <= set(test_ids)
         again = load_task(index, "one/2d/foreground", queries_per_task=2, seed=5)
         assert again.query_subjects == capped.query_subjects
+        # --query-split val: the val split's subjects, the same support pool
+        _, _, val_ids = index.load_split("one/2d/foreground", "val")
+        val = load_task(index, "one/2d/foreground", query_split="val")
+        assert val_ids and val.query_subjects == val_ids and val.pool_subjects == train_ids
+        with pytest.raises(ProtocolError, match="query split"):
+            load_task(index, "one/2d/foreground", query_split="train")
+
+
+def test_query_split_val_end_to_end(index_paths, tmp_path):
+    kw = dict(model="none", baselines="threshold", support_sizes=[2], repeats=1,
+              progress=False, plots=False)
+    test = run_benchmark(index_paths, out_dir=tmp_path, **kw)
+    val = run_benchmark(index_paths, out_dir=tmp_path, query_split="val", **kw)
+    assert val.computed_rows == 3 and val.cached_rows == 0  # cached test rows not reused
+    with TaskIndex.open(index_paths) as index:
+        _, _, val_ids = index.load_split("one/2d/foreground", "val")
+    row = next(r for r in val.rows if r.task == "one/2d/foreground")
+    assert row.queries == len(val_ids) and test.computed_rows == 3
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["protocol"]["query_split"] == "val" and saved["config"]["query_split"] == "val"
+    assert "queries from its val split" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="query_split"):
+        run_benchmark(index_paths, out_dir=tmp_path, query_split="train", **kw)
 
 
 def test_every_method_sees_the_same_supports_and_queries(index_paths, tmp_path):

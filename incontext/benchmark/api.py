@@ -14,7 +14,7 @@ from torch import nn
 
 from incontext.baselines import SupervisedUNet
 from incontext.benchmark.methods import load_model_method, make_baselines, resolve_baselines
-from incontext.benchmark.protocol import ProtocolError, load_task
+from incontext.benchmark.protocol import QUERY_SPLITS, ProtocolError, load_task
 from incontext.benchmark.results import BenchmarkResults
 from incontext.benchmark.runner import BenchmarkConfig, RowCache, run_task
 from incontext.data import TaskIndex
@@ -75,6 +75,7 @@ def run_benchmark(
     repeats: int = 5,
     method_repeats: Mapping[str, int] | None = None,
     queries_per_task: int | None = None,
+    query_split: str = "test",
     out_dir: str | os.PathLike | None = None,
     seed: int = 0,
     tasks: Sequence[str] | None = None,
@@ -111,6 +112,8 @@ def run_benchmark(
     ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
     ...; :mod:`incontext.device`); ``baseline_device``: where the baselines that train a
     network (``supervised-unet``, ``-rgb``) do it; the other baselines run on the CPU.
+    ``query_split="val"`` takes the queries from each task's val split instead of its test
+    split: for choosing settings on a training pool without touching its test split.
     With ``out_dir`` finished rows are cached there (a rerun reuses them) and results.json,
     results.csv, report.md and plots (when matplotlib is installed) are written.
     """
@@ -121,12 +124,14 @@ def run_benchmark(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if queries_per_task is not None and queries_per_task < 1:
         raise ValueError(f"queries_per_task must be >= 1, got {queries_per_task}")
+    if query_split not in QUERY_SPLITS:
+        raise ValueError(f"query_split must be one of {QUERY_SPLITS}, got {query_split!r}")
     config = BenchmarkConfig(
         support_sizes=_positive_ints(support_sizes, "support_sizes"),
         ensembles=_positive_ints(ensembles, "ensembles"),
         repeats=int(repeats), method_repeats={k: int(v) for k, v in (method_repeats or {}
                                                                      ).items()},
-        queries_per_task=queries_per_task, seed=int(seed))
+        queries_per_task=queries_per_task, seed=int(seed), query_split=query_split)
     if any(v < 1 for v in config.method_repeats.values()):
         raise ValueError(f"method_repeats must be >= 1, got {config.method_repeats}")
 
@@ -200,7 +205,7 @@ def run_benchmark(
                 bar.update(t_tasks, description=f"tasks [dim]{name}[/]")
                 try:
                     data = load_task(opened, name, queries_per_task=queries_per_task,
-                                     seed=config.seed)
+                                     seed=config.seed, query_split=query_split)
                 except ProtocolError as exc:
                     results.skipped_tasks[name] = str(exc)
                     bar.advance(t_rows, rows_per_task)

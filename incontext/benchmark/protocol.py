@@ -19,6 +19,9 @@ from incontext.data import TaskIndex
 
 SUPPORT_SPLIT = "train"
 QUERY_SPLIT = "test"
+# where queries may come from: "test" (the benchmark), or "val" to tune inference
+# settings on a training pool without touching its test split
+QUERY_SPLITS = ("test", "val")
 
 
 class ProtocolError(ValueError):
@@ -78,27 +81,29 @@ def _spacing(index: TaskIndex, task: str, split: str) -> np.ndarray | None:
 
 
 def load_task(index: TaskIndex, task: str, *, queries_per_task: int | None = None,
-              seed: int = 0) -> TaskData:
-    """Load a task's support pool (train split) and queries (test split).
+              seed: int = 0, query_split: str = QUERY_SPLIT) -> TaskData:
+    """Load a task's support pool (train split) and queries (``query_split``: test, or val).
 
     ``queries_per_task`` caps the queries with a seeded choice (same for every method).
     Raises ProtocolError when the pool or the queries are empty, or a subject is in both.
     """
+    if query_split not in QUERY_SPLITS:
+        raise ProtocolError(f"query split must be one of {QUERY_SPLITS}, got {query_split!r}")
     info = index.task(task)
     pool_x, pool_y, pool_ids = index.load_split(task, SUPPORT_SPLIT)
-    q_x, q_y, q_ids = index.load_split(task, QUERY_SPLIT)
+    q_x, q_y, q_ids = index.load_split(task, query_split)
     pool_c = index.load_split_colour(task, SUPPORT_SPLIT)
-    q_c = index.load_split_colour(task, QUERY_SPLIT)
+    q_c = index.load_split_colour(task, query_split)
     where = f"task {task!r} in {', '.join(str(p) for p in index.paths)}"
     if pool_x.shape[0] == 0:
         raise ProtocolError(f"{where}: no slices in the {SUPPORT_SPLIT!r} split (support pool)")
     if q_x.shape[0] == 0:
-        raise ProtocolError(f"{where}: no slices in the {QUERY_SPLIT!r} split (queries)")
+        raise ProtocolError(f"{where}: no slices in the {query_split!r} split (queries)")
     shared = sorted(set(pool_ids) & set(q_ids))
     if shared:
         raise ProtocolError(f"{where}: subjects in both the support pool and the queries: "
                             f"{shared[:5]}")
-    spacing = _spacing(index, task, QUERY_SPLIT)
+    spacing = _spacing(index, task, query_split)
     total = int(q_x.shape[0])
     if queries_per_task is not None:
         if queries_per_task < 1:

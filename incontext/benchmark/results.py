@@ -135,7 +135,7 @@ class BenchmarkResults:
                     "cached_rows": self.cached_rows, "model_device": self.model_device,
                     "baseline_device": self.baseline_device},
             "protocol": {
-                "support_split": "train", "query_split": "test",
+                "support_split": "train", "query_split": self.config.query_split,
                 "aggregation": "Dice per query -> mean over queries -> mean/std over draws "
                                "-> mean over tasks of a dataset -> mean over datasets",
                 "threshold": self.config.threshold,

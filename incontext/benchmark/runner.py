@@ -75,6 +75,7 @@ class BenchmarkConfig:
     queries_per_task: int | None
     seed: int
     threshold: float = THRESHOLD
+    query_split: str = "test"  # "val": tuning on a training pool (protocol.QUERY_SPLITS)
 
     def repeats_for(self, method: str) -> int:
         return int(self.method_repeats.get(method, self.repeats))

@@ -108,6 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                             "supervised-unet=2; repeatable")
     p.add_argument("--queries-per-task", type=int, default=None, metavar="N",
                    help="at most N test queries per task, chosen with the seed (default all)")
+    p.add_argument("--query-split", choices=("test", "val"), default="test",
+                   help="where the queries come from (default test); val: choose settings "
+                        "on a training pool without touching its test split")
     p.add_argument("--tasks", default=None, metavar="GLOB[,GLOB]",
                    help="only tasks matching these patterns (default all)")
     p.add_argument("--out", default="benchmark-results", metavar="DIR",
@@ -152,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, baselines=args.baselines, baseline_settings=settings,
         support_sizes=args.support_sizes, ensembles=args.ensembles, repeats=args.repeats,
         method_repeats=dict(args.method_repeats), queries_per_task=args.queries_per_task,
+        query_split=args.query_split,
         out_dir=args.out, seed=args.seed,
         tasks=[t for t in args.tasks.split(",") if t] if args.tasks else None,
         progress=not args.no_progress, plots=not args.no_plots, console=console,
