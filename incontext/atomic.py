@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A crash or Ctrl-C while writing leaves the previous file (or no file) in place,
-never a half-written one.
+never a half-written one. :func:`check_output_folder` tells, before any work, whether
+files can be written where a command was asked to put them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,38 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be created or written to; the message names it."""
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path if files can be written in it; else OutputFolderError.
+
+    A missing folder is fine when its nearest existing parent is a writable folder (the
+    writers create it later); nothing is created here. Writability is tested by creating
+    and removing a temporary file, so read-only mounts are caught too.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            raise OutputFolderError(f"{folder}: is a file, not a folder")
+        raise OutputFolderError(f"{folder}: cannot be created, {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".incontext-write-check.")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if existing == folder:
+            raise OutputFolderError(f"{folder}: output folder is not writable ({reason})") from None
+        raise OutputFolderError(f"{folder}: output folder cannot be created in {existing} "
+                                f"({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder
 
 
 def _umask_mode() -> int:

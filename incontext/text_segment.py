@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from incontext.atomic import atomic_write
+from incontext.atomic import atomic_write, check_output_folder
 from incontext.cli.text_options import add_text_arguments  # noqa: F401  (re-exported)
 from incontext.inference import (
     SupportSetError,
@@ -252,7 +252,7 @@ def run_text_segmentation(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no images given")
-    out = Path(_first(args, "out", "output", default="."))
+    out = check_output_folder(_first(args, "out", "output", default="."))
     overwrite = bool(getattr(args, "overwrite", False))
     for p in paths:
         check_writable(out / f"{strip_suffix(p.name)}.png", overwrite)

@@ -344,6 +344,12 @@ def test_bad_build_options(tmp_path):
         build_index("nope", src, tmp_path / "x.h5", progress=False)
     with pytest.raises(BuildError, match="source not found"):
         build_index("png-pairs", tmp_path / "missing", tmp_path / "x.h5", progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BuildError, match="file: is a file, not a folder"):
+        build_index("png-pairs", src, tmp_path / "file" / "x.h5", progress=False)
+    # a missing output folder is created, like segment's --out
+    build_index("png-pairs", src, tmp_path / "new" / "sub" / "x.h5", size=16, progress=False)
+    assert (tmp_path / "new" / "sub" / "x.h5").is_file()
 
 
 def test_float16_images(tmp_path):

@@ -150,6 +150,39 @@ def test_existing_output_needs_overwrite(tmp_path, model_path, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, model_path, capsys,
+                                                       monkeypatch):
+    import tempfile
+
+    import incontext.inference
+
+    sup = make_2d_folder(tmp_path / "sup")
+    query = sup / "images" / "case0.png"
+    (tmp_path / "a_file").write_text("x")
+    argv = ["segment", "--support-dir", str(sup), "--query", str(query), "--model",
+            str(model_path)]
+
+    def no_work(*a, **k):
+        raise AssertionError("segmentation ran before the output folder was checked")
+
+    monkeypatch.setattr(incontext.inference, "segment", no_work)
+    assert run_cli([*argv, "--out", str(tmp_path / "a_file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "a_file is a file" in err and "Traceback" not in err
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):  # a read-only mount (root ignores permission bits)
+        if str(dir) == str(tmp_path):
+            raise OSError(30, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert run_cli([*argv, "--out", str(tmp_path / "new" / "deeper")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be created in" in err and "Read-only file system" in err
+    assert not (tmp_path / "new").exists()  # nothing created
+
+
 def test_2d_nifti_query_gets_png_and_nifti(tmp_path, model_path):
     sup = make_2d_folder(tmp_path / "sup", label_value=1)
     aff = _affine(3)

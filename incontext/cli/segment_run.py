@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from incontext.atomic import check_output_folder
 from incontext.cli import CLIError
 from incontext.cli.segment_outputs import planned_outputs, write_outputs
 from incontext.cli.segment_supports import SupportSet, check_support_labels, load_supports
@@ -125,12 +126,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace):
     _check_options(args)
+    out = check_output_folder(args.out)  # before any work: a folder we cannot write fails now
     labels = parse_labels(args.labels)
     window = resolve_window(args.window)
     queries = list_image_files(args.query, "--query")
     supports = load_supports(args)
     wanted = check_support_labels(supports, labels)
-    out = Path(args.out)
     dims = {}
     for q in queries:
         dims[q] = probe_ndim(q)

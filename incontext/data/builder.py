@@ -25,6 +25,7 @@ import numpy as np
 
 from data_recipes import get_recipe
 from data_recipes.base import DatasetInfo, RecipeError, SubjectRef
+from incontext.atomic import OutputFolderError, check_output_folder
 from incontext.data.index_format import (
     SCHEMA_VERSION,
     SPLITS,
@@ -263,8 +264,10 @@ def build_index(
         raise BuildError(str(exc)) from None
     if not source.exists():
         raise BuildError(f"{source}: source not found")
-    if not out.parent.is_dir():
-        raise BuildError(f"{out.parent}: output folder does not exist")
+    try:
+        check_output_folder(out.parent)  # created below when missing
+    except OutputFolderError as exc:
+        raise BuildError(str(exc)) from None
     options = dict(recipe_options or {})
     options_json = json.dumps(options, sort_keys=True)
     try:
@@ -289,6 +292,7 @@ def build_index(
         "subjects": hashlib.sha256(json.dumps(keys).encode()).hexdigest(),
         "labels": info.label_names,
     }
+    out.parent.mkdir(parents=True, exist_ok=True)
     work = out.with_name(out.name + WORK_SUFFIX)
     resuming = _prepare_workdir(work, fingerprint)
     result_paths = [work / _result_name(i, r) for i, r in enumerate(refs)]
