@@ -118,6 +118,8 @@ def test_models_command_lists_every_model(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert f"{DEFAULT_MODEL} *" in text and "path=" in text
+    squashed = " ".join(text.split())  # descriptions are printed whole, brackets included
+    assert "needs incontext[text]" in squashed
 
 
 def test_every_shipped_model_loads_with_its_registered_config():

@@ -33,6 +33,7 @@ def _features_text(info: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from incontext.models.registry import available_models, model_info
@@ -53,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     for info in infos:
-        console.print(f"[bold]{info['name']}[/]: {info['description']}", highlight=False)
+        console.print(f"[bold]{escape(info['name'])}[/]: {escape(info['description'])}",
+                      highlight=False)
     return 0
