@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,6 +133,18 @@ def test_2d_folder_round_trip(tmp_path, model_path, capsys):
         assert np.asarray(Image.open(out / f"q{i}_uncertainty.png")).shape == shape
     printed = capsys.readouterr().out
     assert "q0.png" in printed and "fg % label 255" in printed
+
+
+def test_nnunet_channel_suffix_dropped_from_2d_output_names(tmp_path, model_path):
+    sup = make_2d_folder(tmp_path / "sup")
+    queries = tmp_path / "imagesTs"
+    queries.mkdir()
+    shutil.copy(sup / "images" / "case0.png", queries / "case010_0000.png")
+    out = tmp_path / "out"
+    rc = run_cli(["segment", "--support-dir", str(sup), "--query", str(queries), "--out",
+                  str(out), "--model", str(model_path), "--overlays"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case010.png", "case010_overlay.png"]
 
 
 def test_existing_output_needs_overwrite(tmp_path, model_path, capsys):

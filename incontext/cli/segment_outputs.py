@@ -22,9 +22,10 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
 
 
 def output_stem(query: Path) -> str:
-    """Output name stem: the query's stem, nnU-Net ``_0000`` channel suffix removed."""
+    """Output name stem: the query's stem, nnU-Net ``_0000`` channel suffix removed (NIfTI
+    and 2D images alike, as nnU-Net names its predictions)."""
     stem = strip_image_suffix(query)
-    if file_kind(query) == "nifti" and stem.endswith("_0000"):
+    if stem.endswith("_0000") and len(stem) > 5:
         stem = stem[:-5]
     return stem
 
