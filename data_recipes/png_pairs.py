@@ -3,12 +3,13 @@
 Layout (defaults)::
 
     SOURCE/images/<rel>/<stem>.<png|jpg|tif|bmp|gif>
-    SOURCE/masks/<rel>/<stem><mask_suffix>.<any image suffix>
+    SOURCE/masks/<rel>/<stem><mask_suffix>.<any image suffix>   (or SOURCE/labels/...)
 
 Options (``build_index(..., recipe_options={...})`` or ``--option key=value``):
 
 * ``dataset``: dataset name in the index (default: the source folder's name);
-* ``images``, ``masks``: sub-folder names; ``mask_suffix``: e.g. ``"_mask"``;
+* ``images``, ``masks``: sub-folder names (``masks`` default: ``masks/``, else ``labels/``,
+  as ``incontext segment --support-dir`` accepts); ``mask_suffix``: e.g. ``"_mask"``;
 * ``labels``: label map mapping ``{name: value}`` / ``{value: name}`` (values may be lists);
   without it masks are binary (0/1 or 0/255, else set ``threshold``) with label ``label_name``;
 * ``modality`` ("ct", "mr", "other"), ``modality_name``, ``spacing`` (mm per pixel),
@@ -33,7 +34,7 @@ class PngPairsRecipe(OptionsMixin):
     name: str = "png-pairs"
     dataset: str = ""
     images: str = "images"
-    masks: str = "masks"
+    masks: str = ""  # "": masks/, else labels/
     mask_suffix: str = ""
     labels: dict[str, Any] | None = None
     label_name: str = "foreground"
@@ -62,14 +63,24 @@ class PngPairsRecipe(OptionsMixin):
             license=self.license,
         )
 
+    def _masks_dir(self, source: Path) -> Path:
+        if self.masks:
+            return require_dir(source / self.masks, "masks")
+        for name in ("masks", "labels"):
+            if (source / name).is_dir():
+                return source / name
+        raise RecipeError(f"{source}: no masks/ or labels/ folder beside images/ (name "
+                          f"another with --option masks=FOLDER)")
+
     def subjects(self, source: Path) -> list[SubjectRef]:
         images = list_files(require_dir(Path(source) / self.images, "images"))
-        masks = list_files(require_dir(Path(source) / self.masks, "masks"))
+        masks_dir = self._masks_dir(Path(source))
+        masks = list_files(masks_dir)
         refs = []
         for key, image_path in images.items():
             mask_path = masks.get(key + self.mask_suffix)
             if mask_path is None:  # reported by load() so the builder can skip or stop
-                mask_path = Path(source) / self.masks / f"{key}{self.mask_suffix}{image_path.suffix}"
+                mask_path = masks_dir / f"{key}{self.mask_suffix}{image_path.suffix}"
             sub = key.split("/", 1)[0] if self.sub_dataset_from_folders and "/" in key else ""
             refs.append(SubjectRef(key, {"image": image_path, "mask": mask_path}, sub_dataset=sub))
         return refs

@@ -70,6 +70,22 @@ def test_png_pairs_missing_mask_is_reported_at_load(tmp_path):
         recipe.load(refs[1])
 
 
+def test_png_pairs_finds_a_labels_folder_too(tmp_path):
+    src = write_png_pairs(tmp_path / "src", n=2)
+    masks = [p.name for p in sorted((src / "masks").iterdir())]
+    (src / "masks").rename(src / "labels")  # segment --support-dir's other layout
+    recipe = get_recipe("png-pairs")
+    refs = recipe.subjects(src)
+    assert [r.paths["mask"].parent.name for r in refs] == ["labels"] * 2
+    assert sorted(r.paths["mask"].name for r in refs) == masks
+    assert recipe.load(refs[0]).masks
+    (src / "labels").rename(src / "gt")
+    with pytest.raises(RecipeError, match="no masks/ or labels/ folder"):
+        recipe.subjects(src)
+    named = get_recipe("png-pairs", {"masks": "gt"})
+    assert len(named.subjects(src)) == 2
+
+
 def test_png_pairs_sub_datasets_from_folders(tmp_path):
     for sub in ("siteA", "siteB"):
         write_png_pairs(tmp_path / "tmp" / sub, n=2)
