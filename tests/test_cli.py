@@ -34,3 +34,16 @@ def test_segment_parser_knows_ct_presets_and_text_options():
                               "--text", "left lung"])
     assert args.window == "lung" and args.text == ["left lung"]
     assert callable(args.func)
+
+
+@pytest.mark.parametrize("argv", [["segment", "--query", "q.png", "--tiles", "0"],
+                                  ["index", "build"], ["benchmark", "--index", "x.h5",
+                                                       "--query-split", "train"]])
+def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith(f"incontext {' '.join(a for a in argv[:2] if not a.startswith('-'))}")
+    assert "error:" in err and "--help)" in err

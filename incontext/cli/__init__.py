@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from incontext import __version__
 
@@ -75,8 +75,16 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto",
                              f"cpu), cpu, cuda, cuda:N or mps (default {default})")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and a pointer to ``--help``
+    (not the whole usage block); its sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="incontext",
         description="Few-shot, in-context medical image segmentation.",
     )
