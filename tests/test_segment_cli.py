@@ -391,7 +391,7 @@ def test_support_source_required(tmp_path, capsys):
     assert "--support" in _err(capsys)
 
 
-def test_support_index(tmp_path, model_path):
+def test_support_index(tmp_path, model_path, capsys):
     from PIL import Image
 
     from incontext.data import build_index
@@ -415,6 +415,10 @@ def test_support_index(tmp_path, model_path):
     assert run_cli(["segment", "--support-index", str(index), "--task", "no/such/task",
                     "--query", str(src / "images"), "--out", str(tmp_path / "o2"),
                     "--model", str(model_path)]) == 2
+    assert f"tasks here: {task}" in _err(capsys)  # the error names the tasks there
+    assert run_cli(["segment", "--support-index", str(index), "--query", str(src / "images"),
+                    "--out", str(tmp_path / "o2"), "--model", str(model_path)]) == 2
+    assert f"needs --task NAME; tasks in {index}: {task}" in _err(capsys)
 
 
 def test_text_prompt_through_segment(tmp_path, capsys, monkeypatch):

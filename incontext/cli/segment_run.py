@@ -23,7 +23,12 @@ import numpy as np
 from incontext.atomic import check_output_folder
 from incontext.cli import CLIError
 from incontext.cli.segment_outputs import planned_outputs, write_outputs
-from incontext.cli.segment_supports import SupportSet, check_support_labels, load_supports
+from incontext.cli.segment_supports import (
+    SupportSet,
+    check_support_labels,
+    index_task_hint,
+    load_supports,
+)
 from incontext.io import (
     ImageReadError,
     LoadedImage,
@@ -57,7 +62,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError("give the support set with one of --support, --support-dir or "
                        "--support-index")
     if args.support_index is not None and not args.task:
-        raise CLIError("--support-index needs --task NAME")
+        raise CLIError("--support-index needs --task NAME" + index_task_hint(args.support_index))
     if args.ensemble < 1:
         raise CLIError(f"--ensemble must be >= 1, got {args.ensemble}")
     if args.support_size is not None and args.support_size < 1:

@@ -57,6 +57,20 @@ def _load_file_supports(pairs: Sequence[SupportPair]) -> SupportSet:
                       colours=[s.image.colour for s in loaded])
 
 
+def index_task_hint(path: str) -> str:
+    """``"; tasks in PATH: a, b, ..."`` for an error message, or "" when ``path`` cannot be
+    read as a task index."""
+    from incontext.data import TaskIndex
+
+    try:
+        with TaskIndex.open(path) as index:
+            names = [t.name for t in index.tasks]
+    except (OSError, ValueError):
+        return ""
+    more = f", ... ({len(names)} in all)" if len(names) > 10 else ""
+    return f"; tasks in {path}: {', '.join(names[:10])}{more}" if names else ""
+
+
 def _load_index_supports(path: str, task: str) -> SupportSet:
     from incontext.data import TaskIndex
 

@@ -129,9 +129,13 @@ class TaskIndex:
         try:
             return self._tasks[name]
         except KeyError:
-            close = [t for t in self._tasks if name.split("/")[0] in t][:10]
-            raise SamplingError(f"unknown task {name!r}" + (
-                f"; tasks of that dataset: {close}" if close else "")) from None
+            close = [t for t in self._tasks if name.split("/")[0] in t]
+            shown = close or list(self._tasks)
+            listing = ", ".join(shown[:10]) + (f", ... ({len(shown)} in all)"
+                                               if len(shown) > 10 else "")
+            raise SamplingError(f"unknown task {name!r}; "
+                                + ("tasks of that dataset" if close else "tasks here")
+                                + f": {listing}") from None
 
     def dataset_attrs(self, dataset: str) -> dict:
         """Attributes (modality, label names, source, preprocessing, ...) of a dataset."""
