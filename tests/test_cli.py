@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -47,3 +48,39 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
     assert err.count("\n") == 1 and "usage:" not in err
     assert err.startswith(f"incontext {' '.join(a for a in argv[:2] if not a.startswith('-'))}")
     assert "error:" in err and "--help)" in err
+
+
+def test_tables_are_not_cut_to_80_columns_when_piped(capsys, monkeypatch):
+    from rich.console import Console
+
+    import incontext.cli as cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    widths = []
+
+    def fake(args):
+        widths.append(Console().width)
+        return 0
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["models"])
+    args.func = fake
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, args))
+    assert cli.main(["models"]) == 0  # capsys: stdout is not a terminal
+    assert widths == [cli.PIPED_WIDTH]
+    assert "COLUMNS" not in os.environ  # restored
+    monkeypatch.setenv("COLUMNS", "100")  # the user's own setting wins
+    assert cli.main(["models"]) == 0 and widths[-1] == 100
+
+
+class _Fixed:
+    """A parser stand-in that returns prepared arguments."""
+
+    def __init__(self, parser, args):
+        self.parser, self.args = parser, args
+
+    def parse_args(self, argv):
+        return self.args
+
+    def print_help(self):
+        self.parser.print_help()

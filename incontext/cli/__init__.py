@@ -8,7 +8,9 @@ arguments and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -95,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# rich's width when the output is a file or a pipe (its default, 80, cuts table cells)
+PIPED_WIDTH = 200
+
+
+@contextlib.contextmanager
+def _wide_when_piped():
+    """Let rich tables use :data:`PIPED_WIDTH` columns while stdout is not a terminal
+    (a log file, ``| less``); an explicit ``COLUMNS`` wins. Restored afterwards."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        yield
+        return
+    os.environ["COLUMNS"] = str(PIPED_WIDTH)
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -102,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with _wide_when_piped():
+            return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError) as exc:
         print(f"incontext {args.command}: error: {exc}", file=sys.stderr)
         return 2
