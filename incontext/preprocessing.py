@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from incontext.ct_windows import CT_WINDOWS
+
 MODALITIES = ("ct", "mr", "other")
-DEFAULT_CT_WINDOW = (-500.0, 1000.0)
+DEFAULT_CT_WINDOW = CT_WINDOWS["default"]
 MR_PERCENTILES = (0.5, 99.5)
 
 

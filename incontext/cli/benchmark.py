@@ -88,13 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-nearest", type=positive_int, default=None, metavar="K",
                    help="run each query with only the K supports most like it (32 x 32 "
                         "thumbnail correlation); default: all supports")
-    p.add_argument("--text-model", default=None, metavar="TEXT_DRIVEN.safetensors",
+    p.add_argument("--text-model", default=None, metavar="NAME_OR_PATH",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
     p.add_argument("--text-modes", default="all", metavar="all|text,examples,both",
                    help="prompting modes of --text-model (default all three)")
     p.add_argument("--baselines", default="all", metavar="all|none|a,b",
-                   help="baselines to run (default all)")
+                   help="baselines to run: supervised-unet, supervised-unet-rgb, threshold, "
+                        "prototype, nearest-support, mean-label (default all)")
     p.add_argument("--baseline-option", action="append", type=_method_value, default=[],
                    metavar="METHOD.KEY=VALUE",
                    help="baseline setting, e.g. supervised-unet.steps=60; repeatable")
@@ -118,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="output folder; rerunning with it reuses finished rows "
                         "(default benchmark-results)")
     add_device_argument(p, what="the model runs and the U-Net baselines train")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the support draws and query caps (default 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

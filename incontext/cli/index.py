@@ -1,4 +1,4 @@
-"""``incontext index``: build, inspect, validate and merge task indexes.
+"""incontext index: build, inspect, validate and merge task indexes.
 
     incontext index build RECIPE --source DIR --out FILE [--size 128] [--workers N]
                           [--slices midslice,maxslice|all] [--on-error skip|stop]
@@ -30,13 +30,14 @@ def register(subparsers) -> None:
     b.add_argument("recipe", help="recipe name (see `incontext index recipes`)")
     b.add_argument("--source", required=True, type=Path, help="input data folder")
     b.add_argument("--out", required=True, type=Path, help="output .h5 file")
-    b.add_argument("--size", type=int, default=128, help="side of stored square slices")
-    b.add_argument("--workers", type=int, default=1, help="processes (0 = all cores)")
+    b.add_argument("--size", type=int, default=128, help="side of stored square slices (default 128)")
+    b.add_argument("--workers", type=int, default=1, help="processes (0 = all cores; default 1)")
     b.add_argument("--slices", default="midslice,maxslice",
                    help="3D slice choice: midslice,maxslice (default) or all")
-    b.add_argument("--dtype", default="uint8", choices=("uint8", "float16"))
+    b.add_argument("--dtype", default="uint8", choices=("uint8", "float16"),
+                   help="storage of the normalised images (default uint8: 4x smaller)")
     b.add_argument("--on-error", default="skip", choices=("skip", "stop"),
-                   help="bad subject: log and skip it, or stop")
+                   help="bad subject: log and skip it (default), or stop")
     b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe option; VALUE is parsed as JSON when it can be")
     b.add_argument("--options", type=Path, help="recipe options from a .json or .toml file")

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="a task index built with incontext (use with --task)")
     sup.add_argument("--task", help="task name inside --support-index")
     sup.add_argument("--max-supports", type=int, metavar="N",
-                     help="use only the first N pairs (sorted by name) from --support-dir")
+                     help="use only the first N pairs (sorted by name) from --support-dir "
+                          "(default: all)")
     add_text_arguments(p)  # --text NAME: a TextDriven model segments named structures
     p.add_argument("--query", required=True, metavar="PATH",
                    help="an image or volume, a folder of them, or a glob pattern (quoted)")
@@ -76,11 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "min-max (default other)")
     p.add_argument("--window", metavar="LO,HI",
                    help=f"intensity window, e.g. -160,240, or a CT preset: "
-                        f"{', '.join(CT_WINDOWS)}")
+                        f"{', '.join(CT_WINDOWS)} (default: none; with --modality ct "
+                        f"the 'default' preset)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2),
                    help="3D: slicing axis (default: the axis the supports are densest in)")
     p.add_argument("--planes", type=int, choices=(1, 3), default=1,
-                   help="3D: 3 = segment along all axes and average (tri-planar)")
+                   help="3D: 3 = segment along all axes and average (tri-planar; default 1)")
     p.add_argument("--largest-component", action="store_true",
                    help="keep only the largest connected component of each label")
     p.add_argument("--fill-holes", action="store_true", help="fill holes inside each label")
@@ -93,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="registered model name or .safetensors file (default: the default model)")
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed for support subsets")
+    p.add_argument("--seed", type=int, default=0, help="random seed for support subsets (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="queries per forward pass (default: 1 on the CPU, 8 on a GPU)")
     p.set_defaults(func=run)
