@@ -94,7 +94,10 @@ def _task_slices(index, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def _overlay_grid(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path,
                   n: int = 6, scale: int = 3) -> Path:
-    """PNG strip: each column a query; ground truth outline green, prediction red."""
+    """PNG strip: each column a query; ground truth outline green, prediction red.
+
+    Slices are stored (x, y) in the templates' RAS voxel order; they are shown turned a
+    quarter (anterior up, the usual view of an axial slice)."""
     pick = _evenly_spaced(len(images), n)
     tiles = []
     for i in pick:
@@ -103,7 +106,7 @@ def _overlay_grid(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, path:
         for mask, colour in ((truth[i] > 0.5, (0, 255, 0)), (pred[i] > 0.5, (255, 0, 0))):
             edge = mask & ~_erode(mask)
             rgb[edge] = colour
-        tiles.append(rgb)
+        tiles.append(np.rot90(rgb))
     strip = np.concatenate(tiles, axis=1)
     img = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale),
                                         Image.NEAREST)
