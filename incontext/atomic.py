@@ -56,7 +56,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
     """Call ``write(tmp)`` on a temporary path beside ``path`` and rename it to ``path``.
 
     ``keep_suffix`` gives the temporary file ``path``'s suffix (for writers that pick
-    the format from it). The file gets the usual permissions (umask), not mkstemp's 0600.
+    the format from it). The file gets the permissions of the file it replaces, else the
+    usual ones (umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from incontext.atomic import atomic_write as _atomic_write
 from incontext.io.errors import ImageReadError, OutputExistsError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
@@ -88,33 +88,19 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path}: output exists already (use --overwrite to replace it)")
 
 
-def _default_mode(path: Path) -> int:
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
                  overwrite: bool = False) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path`` (atomic on one filesystem).
-
-    The temporary file keeps ``path``'s suffix (writers pick the format from it).
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (atomic on one filesystem;
+    :func:`incontext.atomic.atomic_write`), never replacing an existing file unless
+    ``overwrite``. The temporary file keeps ``path``'s suffix (writers pick the format
+    from it).
     """
     path = Path(path)
     check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _default_mode(path))  # mkstemp creates 0600; use the usual mode
+
+    def write_then_check(tmp: Path) -> None:
+        write(tmp)
         if not overwrite and path.exists():
             raise OutputExistsError(f"{path}: output appeared while writing; not replaced")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return _atomic_write(path, write_then_check, keep_suffix=True)
