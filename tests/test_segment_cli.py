@@ -372,6 +372,27 @@ def test_unreadable_files(tmp_path, model_path, capsys):
     assert "broken.nii.gz" in _err(capsys)
 
 
+def test_bad_query_files_before_and_during_the_work(tmp_path, model_path, capsys):
+    sup = make_2d_folder(tmp_path / "sup")
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        shutil.copy(sup / "images" / "case0.png", queries / name)
+    (queries / "b.png").write_bytes(b"not a png at all")  # caught before any work
+    argv = ["segment", "--support-dir", str(sup), "--query", str(queries), "--model",
+            str(model_path)]
+    assert run_cli([*argv, "--out", str(tmp_path / "o1")]) == 2
+    assert "b.png: cannot read image" in _err(capsys)
+    assert not (tmp_path / "o1").exists()
+    data = (sup / "images" / "case0.png").read_bytes()
+    (queries / "b.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut off
+    assert run_cli([*argv, "--out", str(tmp_path / "o2")]) == 2
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "b.png" in captured.err
+    assert "1 of 3 query files could not be read" in captured.err
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["a.png", "c.png"]
+
+
 def test_mixed_query_folder(tmp_path, model_path, capsys):
     sup = make_2d_folder(tmp_path / "sup")
     qdir = tmp_path / "q"

@@ -161,6 +161,7 @@ def _prepare(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -192,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     results: list[FileResult] = []
     reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once
+    skipped: list[Path] = []  # query files that could not be read after all
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -201,8 +203,11 @@ def _run(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             try:
                 query = load_image(query_path)
-            except ImageReadError as exc:
-                raise CLIError(str(exc)) from None
+            except ImageReadError as exc:  # its header was fine (checked before the work)
+                skipped.append(query_path)
+                progress.console.print(f"[red]skipped:[/] {escape(str(exc))}")
+                progress.advance(files_task)
+                continue
             if supports.ndim == 3:
                 mask, unc, slices, axes = _segment_3d(model, query, supports, wanted, window,
                                                       args, progress, slices_task)
@@ -223,6 +228,11 @@ def _run(args: argparse.Namespace) -> int:
             progress.advance(files_task)
     _print_summary(results, wanted, out, Console(),
                    device=str(next(model.parameters()).device))
+    if skipped:
+        raise CLIError(f"{len(skipped)} of {len(queries)} query files could not be read and "
+                       f"were skipped (named above; the other outputs were written): "
+                       f"{', '.join(p.name for p in skipped[:5])}"
+                       + (", ..." if len(skipped) > 5 else ""))
     return 0
 
 

@@ -13,6 +13,24 @@ from incontext.io.files import atomic_write
 from incontext.preprocessing import colour_channels, to_grayscale
 
 
+def check_raster_header(path: str | os.PathLike) -> None:
+    """Raise ImageReadError naming ``path`` unless it exists and its header is a known
+    image format (no pixel decoding: cheap enough for every query before the work)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found" if not path.exists()
+                             else f"{path}: not a file")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc})") from None
+    if width == 0 or height == 0:
+        raise ImageReadError(f"{path}: image is empty ({width} x {height})")
+
+
 def _open_array(path: Path, as_label: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 

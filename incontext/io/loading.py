@@ -10,7 +10,7 @@ import numpy as np
 
 from incontext.io.errors import ImageReadError
 from incontext.io.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_kind
-from incontext.io.images import read_image, read_image_and_colour
+from incontext.io.images import check_raster_header, read_image, read_image_and_colour
 from incontext.io.nifti import NiftiImage, read_nifti
 
 
@@ -56,9 +56,11 @@ def load_image(path: str | os.PathLike, *, as_label: bool = False) -> LoadedImag
 
 
 def probe_ndim(path: str | os.PathLike) -> int:
-    """Spatial dimensionality (2 or 3) from the file header only (cheap)."""
+    """Spatial dimensionality (2 or 3) from the file header only (cheap); ImageReadError
+    naming the file when that header cannot be read."""
     path = Path(path)
     if _require_kind(path) == "raster":
+        check_raster_header(path)
         return 2
     import nibabel as nib
 
