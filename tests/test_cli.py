@@ -53,34 +53,26 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
 def test_tables_are_not_cut_to_80_columns_when_piped(capsys, monkeypatch):
     from rich.console import Console
 
-    import incontext.cli as cli
+    from incontext.cli import PIPED_WIDTH, _wide_when_piped
 
     monkeypatch.delenv("COLUMNS", raising=False)
-    widths = []
-
-    def fake(args):
-        widths.append(Console().width)
-        return 0
-
-    parser = cli.build_parser()
-    args = parser.parse_args(["models"])
-    args.func = fake
-    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, args))
-    assert cli.main(["models"]) == 0  # capsys: stdout is not a terminal
-    assert widths == [cli.PIPED_WIDTH]
+    with _wide_when_piped():  # capsys: stdout is not a terminal
+        assert Console().width == PIPED_WIDTH
     assert "COLUMNS" not in os.environ  # restored
     monkeypatch.setenv("COLUMNS", "100")  # the user's own setting wins
-    assert cli.main(["models"]) == 0 and widths[-1] == 100
+    with _wide_when_piped():
+        assert Console().width == 100
+    assert os.environ["COLUMNS"] == "100"
+    import contextlib
 
+    import incontext.cli as cli
 
-class _Fixed:
-    """A parser stand-in that returns prepared arguments."""
+    used = []
 
-    def __init__(self, parser, args):
-        self.parser, self.args = parser, args
+    @contextlib.contextmanager
+    def spy():
+        used.append(True)
+        yield
 
-    def parse_args(self, argv):
-        return self.args
-
-    def print_help(self):
-        self.parser.print_help()
+    monkeypatch.setattr(cli, "_wide_when_piped", spy)
+    assert cli.main(["models", "--json"]) == 0 and used == [True]  # main runs commands in it
