@@ -20,6 +20,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from incontext.atomic import check_output_folder
 from incontext.metrics import dice
 
 SUPPORT_TEMPLATE = "icbm152_2009c_asym"
@@ -133,7 +134,7 @@ def run_demo(out_dir: str | Path, model: torch.nn.Module | None = None, model_na
     from incontext.inference import predict_probabilities
 
     console = console or Console()
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)  # before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     size = int(model.config.resolution) if model is not None else 64

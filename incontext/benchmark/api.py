@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from incontext.atomic import check_output_folder
 from incontext.baselines import SupervisedUNet
 from incontext.benchmark.methods import load_model_method, make_baselines, resolve_baselines
 from incontext.benchmark.protocol import QUERY_SPLITS, ProtocolError, load_task
@@ -126,6 +127,8 @@ def run_benchmark(
         raise ValueError(f"queries_per_task must be >= 1, got {queries_per_task}")
     if query_split not in QUERY_SPLITS:
         raise ValueError(f"query_split must be one of {QUERY_SPLITS}, got {query_split!r}")
+    if out_dir is not None:
+        check_output_folder(out_dir)  # before any work
     config = BenchmarkConfig(
         support_sizes=_positive_ints(support_sizes, "support_sizes"),
         ensembles=_positive_ints(ensembles, "ensembles"),

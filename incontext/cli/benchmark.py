@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 
-from incontext.atomic import check_output_folder
 from incontext.cli import (
     CLIError,
     add_device_argument,
@@ -139,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--index {path}: no such file")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
-    check_output_folder(args.out)
     if args.queries_per_task is not None and args.queries_per_task < 1:
         raise CLIError(f"--queries-per-task must be >= 1, got {args.queries_per_task}")
     settings: dict[str, dict[str, object]] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from incontext.atomic import check_output_folder
 from incontext.cli import CLIError, add_device_argument
 
 
@@ -36,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if args.support_size < 1:
         raise CLIError(f"--support-size must be >= 1, got {args.support_size}")
-    check_output_folder(args.out)
     model, name = None, ""
     try:
         model = load_model(args.model, device=args.device)
