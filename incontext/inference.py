@@ -40,9 +40,9 @@ from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
     check_tiles,
-    choose_tiles,
     default_tiles,
     resize_stack,
+    tile_calibration,
     tile_options,
     tiled_size,
 )
@@ -70,6 +70,12 @@ class Segmentation:
                    so that this cut is at 0.5)
     colours:       per label, the grey rendering of colour images used (``segment(colour=)``;
                    "luma" for grey images)
+    support_dice:  per label, the mean Dice of the chosen settings on supports segmented
+                   from the other supports (leave-one-out; no query label): an estimate of
+                   the Dice to expect on the queries. None where no setting was chosen on
+                   the supports (fixed tiles, cut and rendering) or too few supports had
+                   foreground to check (3 for a cut, 1 otherwise)
+    support_checks: per label, how many supports that estimate averages (0: not measured)
     """
 
     mask: np.ndarray
@@ -79,6 +85,8 @@ class Segmentation:
     tiles: list[int] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
     colours: list[str] = field(default_factory=list)
+    support_dice: list[float | None] = field(default_factory=list)
+    support_checks: list[int] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -406,6 +414,7 @@ def segment(
     chosen: list[int] = []
     cuts: list[float] = []
     colours: list[str] = []
+    estimates: list[tuple[float | None, int]] = []  # leave-one-out Dice on supports, checks
     was_training = model.training
     model.eval()
     try:
@@ -414,6 +423,7 @@ def segment(
                 chosen.append(options[0])
                 cuts.append(base_cut)
                 colours.append(DEFAULT_COLOUR)
+                estimates.append((None, 0))
                 continue  # probability stays 0
             soft = prepared.soft[value]
             g_lab = options[0]
@@ -437,21 +447,26 @@ def segment(
                             THRESHOLD_GRID if auto_threshold else (base_cut,), seed)
                     s_use = s_rend[name]
                     q_use = {g: torch.from_numpy(rend[g][name][1]) for g in options}
+            estimate: tuple[float | None, int] = (None, 0)
             if known is not None:  # chosen by an earlier call with the same supports
-                g_lab, t_lab = int(known[0]), float(known[1])
+                g_lab, t_lab, estimate = int(known[0]), float(known[1]), known[3]
             elif auto_threshold:  # tiling and cut that best segment the supports
                 if cal is None:
                     cal = support_calibration(run.resized, s_use[big][first], soft[big][first],
                                               options, THRESHOLD_GRID, seed=seed)
                 g_lab, t_lab = cal.tiles, cal.threshold
             elif len(options) > 1:  # tiles "auto": the tiling that best segments the supports
-                g_lab, _ = choose_tiles(run.resized, s_use[big][first], soft[big][first],
-                                        options, seed=seed)
+                cal = tile_calibration(run.resized, s_use[big][first], soft[big][first],
+                                       options, seed=seed, threshold=base_cut)
+                g_lab = cal.tiles
+            if cal is not None and (g_lab, t_lab) in cal.scores:
+                estimate = (cal.scores[(g_lab, t_lab)], cal.checks)
             if reuse is not None:
-                reuse[value] = (g_lab, t_lab, name)
+                reuse[value] = (g_lab, t_lab, name, estimate)
             chosen.append(g_lab)
             cuts.append(t_lab)
             colours.append(name)
+            estimates.append(estimate)
             first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
                 seen = first_member.setdefault(subset.tobytes(), m)
@@ -482,7 +497,9 @@ def segment(
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
                                     uncertainty=unc.astype(np.float32), labels=list(wanted),
                                     tiles=list(chosen), thresholds=list(cuts),
-                                    colours=list(colours)))
+                                    colours=list(colours),
+                                    support_dice=[e[0] for e in estimates],
+                                    support_checks=[e[1] for e in estimates]))
     return results[0] if single else results
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from incontext.calibration import support_calibration
+from incontext.calibration import Calibration, support_calibration
 from incontext.support_selection import run_with_nearest
 
 __all__ = ["AUTO_TILES", "LARGE_IMAGE_FACTOR", "TiledRunner", "check_tiles", "choose_tiles",
-           "default_tiles", "is_auto", "predict_tiled", "resize_stack", "tile_options",
-           "tile_origins", "tiled_size"]
+           "default_tiles", "is_auto", "predict_tiled", "resize_stack", "tile_calibration",
+           "tile_options", "tile_origins", "tiled_size"]
 
 AUTO_TILES = (1, 2)  # what ``tiles="auto"`` chooses between; ``"autoG"``: 1 to G
+TILE_CHECKS = 4  # supports segmented from the others to choose a tiling
 LARGE_IMAGE_FACTOR = 2  # images this many times the model's size get ``"auto"`` by default
 
 
@@ -160,18 +161,25 @@ def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
                          align_corners=False, antialias=True)[:, 0]
 
 
-def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor,
-                 candidates: tuple[int, ...] = AUTO_TILES, max_checks: int = 4, seed: int = 0
-                 ) -> tuple[int, dict[int, float]]:
+def tile_calibration(run, support_images: torch.Tensor, support_labels: torch.Tensor,
+                     candidates: tuple[int, ...] = AUTO_TILES, max_checks: int = TILE_CHECKS,
+                     seed: int = 0, threshold: float = 0.5) -> Calibration:
     """Pick the tiling that segments the support set itself best (leave-one-out).
 
     run(tiles, queries (Q, H, W), support_images (S, H, W), support_labels (S, H, W)) ->
     (Q, H, W) probabilities. Up to ``max_checks`` supports with foreground are each
-    predicted from the others with every candidate; the candidate with the highest mean
-    Dice wins (ties go to fewer tiles). Uses only the supports: no query labels.
-    Returns (tiles, {tiles: mean Dice}); with fewer than 2 supports, (min(candidates), {}).
+    predicted from the others with every candidate, cut at ``threshold``; the candidate
+    with the highest mean Dice wins (ties go to fewer tiles). Uses only the supports: no
+    query labels. With fewer than 2 supports: ``min(candidates)``, unscored.
     """
     candidates = tuple(sorted(set(int(c) for c in candidates)))
-    cal = support_calibration(run, support_images, support_labels, candidates, (0.5,),
-                              max_checks=max_checks, margin=0.0, seed=seed)
+    return support_calibration(run, support_images, support_labels, candidates, (threshold,),
+                               max_checks=max_checks, margin=0.0, seed=seed)
+
+
+def choose_tiles(run, support_images: torch.Tensor, support_labels: torch.Tensor,
+                 candidates: tuple[int, ...] = AUTO_TILES, max_checks: int = TILE_CHECKS,
+                 seed: int = 0) -> tuple[int, dict[int, float]]:
+    """:func:`tile_calibration` at a 0.5 cut, as (tiles, {tiles: mean Dice})."""
+    cal = tile_calibration(run, support_images, support_labels, candidates, max_checks, seed)
     return cal.tiles, {g: score for (g, _), score in cal.scores.items()}

@@ -175,3 +175,49 @@ def test_default_batch_is_one_query_on_the_cpu_and_an_explicit_one_is_kept():
     assert model.batches == [4, 1]
     with pytest.raises(SupportSetError, match="batch_size"):
         segment(model, queries, images, labels, batch_size=0)
+
+
+def _disc_task(n, seed=0, inverted=False):
+    """Discs whose image is the label itself (or its inverse): easy (or hopeless) for
+    EchoQuery, which predicts the query's own intensity."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:40, :40]
+    labels = []
+    for _ in range(n):
+        cy, cx = rng.integers(12, 28, 2)
+        labels.append(((yy - cy) ** 2 + (xx - cx) ** 2 <= 64).astype(np.uint8))
+    labels = np.stack(labels)
+    images = (1 - labels if inverted else labels).astype(np.float32)
+    return images, labels
+
+
+def test_support_dice_estimates_how_well_the_task_is_segmented():
+    images, labels = _disc_task(7)
+    good = segment(EchoQuery(32), images[:2], images, labels)
+    assert good[0].support_dice[0] > 0.9  # below 1 only at the resized discs' edges
+    assert good[0].support_checks == [7]  # every support with foreground, up to 8
+    images, labels = _disc_task(7, inverted=True)
+    bad = segment(EchoQuery(32), images[:2], images, labels)
+    assert bad[0].support_dice[0] < 0.1
+    assert bad[0].support_checks == [7]
+
+
+def test_support_dice_is_none_when_nothing_was_chosen_on_the_supports():
+    images, labels = _disc_task(7)
+    fixed = segment(EchoQuery(32), images[0], images, labels, threshold=0.5, tiles=1,
+                    colour="luma")
+    assert fixed.support_dice == [None] and fixed.support_checks == [0]
+    few = segment(EchoQuery(32), images[0], images[:2], labels[:2])  # < 3 to judge a cut
+    assert few.support_dice == [None] and few.support_checks == [0]
+    tiles_only = segment(EchoQuery(16), images[0], images, labels, threshold=0.5, tiles="auto")
+    assert tiles_only.support_dice[0] > 0.9
+    assert tiles_only.support_checks == [4]  # choosing a tiling checks up to 4 supports
+
+
+def test_support_dice_is_kept_with_the_reused_choices():
+    images, labels = _disc_task(6, seed=3)
+    reuse: dict = {}
+    first = segment(EchoQuery(32), images[0], images, labels, reuse=reuse)
+    again = segment(EchoQuery(32), images[1], images, labels, reuse=reuse)
+    assert first.support_dice == again.support_dice
+    assert first.support_checks == again.support_checks == [6]
