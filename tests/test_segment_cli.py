@@ -569,3 +569,33 @@ def test_colour_option_passes_rgb_and_the_choice(tmp_path, model_path, monkeypat
     with pytest.raises(SystemExit) as exc:
         run_cli(base + ["--out", str(tmp_path / "c"), "--colour", "cyan"])
     assert exc.value.code == 2 and "--colour" in _err(capsys)
+
+
+def test_report_lists_choices_with_their_support_dice_and_the_files(tmp_path, model_path,
+                                                                    capsys):
+    import json
+
+    sup = make_2d_folder(tmp_path / "sup", n=5)
+    out = tmp_path / "out"
+    report = tmp_path / "logs" / "run.json"
+    argv = ["segment", "--support-dir", str(sup), "--query", str(sup / "images"), "--out",
+            str(out), "--model", str(model_path), "--report", str(report)]
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["model"] == str(model_path) and data["settings"]["support_dir"] == str(sup)
+    assert [f["name"] for f in data["files"]] == [f"case{i}.png" for i in range(5)]
+    (choice,) = data["choices"]
+    assert choice["label"] == 255 and choice["support_checks"] == 5
+    assert 0.0 <= choice["support_dice"] <= 1.0
+    assert f"{choice['support_dice']:.2f}" in printed and "Dice on them" in printed
+    # the note on a weak label appears exactly when the supports say so
+    assert ("note: label 255" in printed) == (choice["support_dice"] < 0.5)
+    # an existing report is kept unless --overwrite, and nothing is written before that check
+    report.write_text("keep me")
+    assert run_cli([*argv, "--out", str(tmp_path / "out2")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert report.read_text() == "keep me" and not (tmp_path / "out2").exists()
+    # a report path that is also an output is refused
+    assert run_cli([*argv[:-1], str(out / "case0.png"), "--overwrite"]) == 2
+    assert "--report" in capsys.readouterr().err

@@ -92,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="also write uncertainty maps (std over ensemble members and planes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="also write a JSON report: the options, what was chosen on the support "
+                        "set per label with its Dice there, and every file written "
+                        "(default: none)")
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="registered model name or .safetensors file (default: the default model)")
     add_device_argument(p)

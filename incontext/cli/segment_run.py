@@ -15,14 +15,20 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from incontext.atomic import check_output_folder
 from incontext.cli import CLIError
 from incontext.cli.segment_outputs import planned_outputs, write_outputs
+from incontext.cli.segment_report import (
+    FileResult,
+    LabelChoice,
+    RunReport,
+    label_choices,
+    print_summary,
+    print_support_checks,
+    write_report,
+)
 from incontext.cli.segment_supports import (
     SupportSet,
     check_support_labels,
@@ -76,15 +82,6 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- run
-
-
-@dataclass
-class FileResult:
-    name: str
-    shape: tuple[int, ...]
-    slices: int
-    seconds: float
-    fractions: dict[int, float]
 
 
 def _load_model(name: str | None, device: str = "auto"):
@@ -153,6 +150,13 @@ def _prepare(args: argparse.Namespace):
                 raise CLIError(f"{q} and {seen[path]} both write {path}; rename one of them")
             seen[path] = q
             check_writable(path, args.overwrite)
+    if getattr(args, "report", None):
+        report = Path(args.report)
+        if report.resolve() in query_set | {p.resolve() for p in seen}:
+            raise CLIError(f"--report {report}: that path is a query or an output; "
+                           "choose another name")
+        check_output_folder(report.parent if str(report.parent) else ".")
+        check_writable(report, args.overwrite)
     if args.uncertainty and args.ensemble == 1 and args.planes == 1:
         warnings.warn("--uncertainty with --ensemble 1 (and one plane) gives all-zero maps; "
                       "use --ensemble K", stacklevel=2)
@@ -194,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     results: list[FileResult] = []
     reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once
     skipped: list[Path] = []  # query files that could not be read after all
+    choices: list[LabelChoice] = []  # 2D: per label, what the supports chose (same every file)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -215,7 +220,9 @@ def _run(args: argparse.Namespace) -> int:
                 # the first file also pays the once-per-run checks on the supports
                 progress.update(slices_task, total=1, completed=0,
                                 description="image" if results else "supports checks + image")
-                mask, unc = _segment_2d(model, query, supports, wanted, window, args, reuse)
+                result = _segment_2d(model, query, supports, wanted, window, args, reuse)
+                mask, unc = result.mask, result.uncertainty
+                choices = choices or label_choices(result, wanted)
                 progress.update(slices_task, completed=1)
                 slices = 1
             mask = postprocess(mask, largest_component=args.largest_component,
@@ -226,8 +233,16 @@ def _run(args: argparse.Namespace) -> int:
                 seconds=time.perf_counter() - start,
                 fractions={v: float((mask == v).mean()) for v in wanted}))
             progress.advance(files_task)
-    _print_summary(results, wanted, out, Console(),
-                   device=str(next(model.parameters()).device))
+    device = str(next(model.parameters()).device)
+    print_summary(results, wanted, out, Console(), device=device)
+    print_support_checks(choices, Console())
+    if getattr(args, "report", None):
+        from incontext.models.registry import DEFAULT_MODEL
+
+        report = RunReport(model=args.model or str(DEFAULT_MODEL), device=device,
+                           settings=run_settings(args), choices=choices, files=results,
+                           skipped=[str(p) for p in skipped])
+        Console().print(f"report: {write_report(Path(args.report), report)}")
     if skipped:
         raise CLIError(f"{len(skipped)} of {len(queries)} query files could not be read and "
                        f"were skipped (named above; the other outputs were written): "
@@ -250,7 +265,7 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
                      supports_normalized=supports.normalized, tiles=args.tiles,
                      tta=args.tta, colour=colour, nearest=getattr(args, "nearest", None),
                      reuse=reuse)
-    return result.mask, result.uncertainty
+    return result
 
 
 def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window, args,
@@ -271,24 +286,14 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
     return result.mask, result.uncertainty, total // max(len(wanted), 1), axes
 
 
-def _print_summary(results: list[FileResult], labels: list[int], out: Path, console,
-                   device: str = "cpu") -> None:
-    from rich.table import Table
-
-    table = Table(title=f"incontext segment -> {out} (model on {device})")
-    table.add_column("file", overflow="fold")
-    table.add_column("shape", justify="right")
-    table.add_column("slices", justify="right")
-    table.add_column("seconds", justify="right")
-    for v in labels:
-        table.add_column(f"fg % label {v}", justify="right")
-    for r in results:
-        table.add_row(r.name, "x".join(map(str, r.shape)), str(r.slices), f"{r.seconds:.2f}",
-                      *[f"{100 * r.fractions[v]:.2f}" for v in labels])
-    if len(results) > 1:
-        n = len(results)
-        table.add_row(f"total ({n} files)", "", str(sum(r.slices for r in results)),
-                      f"{sum(r.seconds for r in results):.2f}",
-                      *[f"{100 * np.mean([r.fractions[v] for r in results]):.2f}"
-                        for v in labels], style="bold")
-    console.print(table)
+def run_settings(args: argparse.Namespace) -> dict:
+    """The command's options as JSON values (paths as text), for ``--report``."""
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, Path)) for v in value):
+            value = [str(v) for v in value]
+        if value is None or isinstance(value, (str, int, float, bool, list)):
+            out[key] = value
+    return out
