@@ -599,3 +599,25 @@ def test_report_lists_choices_with_their_support_dice_and_the_files(tmp_path, mo
     # a report path that is also an output is refused
     assert run_cli([*argv[:-1], str(out / "case0.png"), "--overwrite"]) == 2
     assert "--report" in capsys.readouterr().err
+
+
+def test_check_supports_for_volumes_reports_leave_one_volume_out_dice(tmp_path, model_path,
+                                                                      capsys):
+    import json
+
+    make_nnunet(tmp_path / "Dataset001_Test", n=3)
+    qdir = tmp_path / "queries"
+    qdir.mkdir()
+    q_image, _ = make_volume((14, 20, 10), 9)
+    write_nifti(qdir / "case_0000.nii.gz", q_image, _affine(9))
+    argv = ["segment", "--support-dir", str(tmp_path / "Dataset001_Test"), "--query",
+            str(qdir), "--out", str(tmp_path / "out"), "--model", str(model_path),
+            "--support-size", "4", "--report", str(tmp_path / "run.json")]
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    assert "support-set check" not in capsys.readouterr().out  # volumes: only on request
+    assert json.loads((tmp_path / "run.json").read_text())["choices"] == []
+    assert run_cli([*argv, "--check-supports", "--overwrite"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    (choice,) = json.loads((tmp_path / "run.json").read_text())["choices"]
+    assert choice["support_checks"] == 3 and 0.0 <= choice["support_dice"] <= 1.0
+    assert "support-set check" in printed and f"{choice['support_dice']:.2f}" in printed

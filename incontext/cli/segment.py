@@ -92,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="also write uncertainty maps (std over ensemble members and planes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--check-supports", action="store_true",
+                   help="volumes: first segment up to 4 support volumes, each from the others, "
+                        "and report their Dice (an estimate for the queries; one volume run "
+                        "each). 2D images always get this check (default: off for volumes)")
     p.add_argument("--report", metavar="FILE.json",
                    help="also write a JSON report: the options, what was chosen on the support "
                         "set per label with its Dice there, and every file written "

@@ -37,11 +37,11 @@ class LabelChoice:
     """What was chosen on the supports for one label, and the Dice it reached there."""
 
     label: int
-    tiles: int
+    tiles: int | str
     cut: float
     rendering: str
     support_dice: float | None = None  # leave-one-out mean Dice; None: not measured
-    support_checks: int = 0  # supports that mean is over
+    support_checks: int = 0  # supports (images, or volumes) that mean is over
 
 
 @dataclass
@@ -94,7 +94,7 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
 
     if not choices:
         return
-    table = Table(title="chosen on the supports (each checked one segmented from the others)")
+    table = Table(title="support-set check (each checked support segmented from the others)")
     table.add_column("label", justify="right")
     table.add_column("rendering")
     table.add_column("tiles", justify="right")

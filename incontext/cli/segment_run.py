@@ -202,6 +202,8 @@ def _run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
+        if supports.ndim == 3 and getattr(args, "check_supports", False):
+            choices = _check_volumes(model, supports, wanted, window, args, progress)
         files_task = progress.add_task("files", total=len(queries))
         slices_task = progress.add_task("slices", total=None)
         for query_path in queries:
@@ -268,12 +270,33 @@ def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window,
     return result
 
 
+def _volume_axis(args, supports: SupportSet) -> int:
+    return args.axis if args.axis is not None else choose_axis(supports.labels,
+                                                               supports.spacings)
+
+
+def _check_volumes(model, supports: SupportSet, wanted, window, args,
+                   progress) -> list[LabelChoice]:
+    """``--check-supports`` for volumes: support volumes segmented from the others."""
+    from incontext.volume_check import check_support_volumes
+
+    task = progress.add_task("support checks", total=None)
+    checks = check_support_volumes(
+        model, supports.images, supports.labels, labels=wanted, seed=args.seed,
+        axis=_volume_axis(args, supports), planes=args.planes, ensemble=args.ensemble,
+        support_size=args.support_size, threshold=args.threshold,
+        batch_size=args.batch_size, modality=args.modality, window=window, tiles=args.tiles,
+        tta=args.tta, progress=lambda n: progress.advance(task, n))
+    progress.update(task, total=progress.tasks[task].completed)
+    return [LabelChoice(c.label, args.tiles, args.threshold, "grey", c.dice, c.volumes)
+            for c in checks]
+
+
 def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window, args,
                 progress, task):
     from incontext.volumes import segment_volume
 
-    axis = args.axis if args.axis is not None else choose_axis(supports.labels,
-                                                               supports.spacings)
+    axis = _volume_axis(args, supports)
     axes = (0, 1, 2) if args.planes == 3 else (axis,)
     total = slice_steps(query.data.shape, len(wanted), axes)
     progress.update(task, total=total, completed=0)
