@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "segment", help="segment images or volumes from a few labeled examples",
         description="Segment 2D images or 3D NIfTI volumes in context: give a few labeled "
                     "examples (supports) and the files to label (queries); no training.")
-    sup = p.add_argument_group("support set (one of)")
+    sup = p.add_argument_group("support set (one of them; with --text, optional)")
     src = sup.add_mutually_exclusive_group(required=False)
     src.add_argument("--support", action="append", metavar="IMG:LABEL",
                      help="a labeled example; repeat for more")
