@@ -29,6 +29,7 @@ __all__ = [
     "dice",
     "hd95",
     "iou",
+    "mask_scores",
     "surface_distances",
     "summarize",
 ]
@@ -116,8 +117,10 @@ def _spacings(spacing: Any, n: int) -> list[tuple[float, float]]:
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels: the mask minus its 4-connected erosion (outside the image counts as 0)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_STRUCTURE, border_value=0)
+    """Boundary pixels (voxels): the mask minus its erosion with the face-connected cross
+    (4-connected in 2D, 6 in 3D; outside the array counts as 0)."""
+    structure = _STRUCTURE if mask.ndim == 2 else ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
 def surface_distances(
@@ -136,18 +139,21 @@ def surface_distances(
 
 
 def _surface_distances(
-    p: np.ndarray, t: np.ndarray, sampling: tuple[float, float]
+    p: np.ndarray, t: np.ndarray, sampling: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Directed boundary distances of two masks of any (equal) dimensionality."""
     if not p.any() or not t.any():
         return None
     # Crop to the union's bounding box plus a 1-pixel margin: edges and distances are unchanged
     # (all boundary pixels lie inside), the distance transforms just get cheaper.
-    rows = np.flatnonzero((p | t).any(axis=1))
-    cols = np.flatnonzero((p | t).any(axis=0))
-    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, p.shape[0])
-    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, p.shape[1])
-    ep = _edges(p[r0:r1, c0:c1])
-    et = _edges(t[r0:r1, c0:c1])
+    union = p | t
+    box = []
+    for axis in range(p.ndim):
+        others = tuple(a for a in range(p.ndim) if a != axis)
+        idx = np.flatnonzero(union.any(axis=others))
+        box.append(slice(max(idx[0] - 1, 0), min(idx[-1] + 2, p.shape[axis])))
+    ep = _edges(p[tuple(box)])
+    et = _edges(t[tuple(box)])
     dist_to_t = ndimage.distance_transform_edt(~et, sampling=sampling)
     dist_to_p = ndimage.distance_transform_edt(~ep, sampling=sampling)
     return dist_to_t[ep], dist_to_p[et]
@@ -185,6 +191,37 @@ def assd(pred: Any, target: Any, spacing: Any = None) -> np.ndarray | float:
     surface-distance). NaN if either mask is empty.
     """
     return _per_mask(pred, target, spacing, lambda a, b: float(np.concatenate([a, b]).mean()))
+
+
+def mask_scores(pred: Any, target: Any, spacing: Sequence[float] | None = None
+                ) -> dict[str, float]:
+    """Dice, IoU, HD95 and ASSD of ONE mask pair of any dimensionality (2D image, 3D volume).
+
+    The definitions of :func:`dice`, :func:`iou`, :func:`hd95` and :func:`assd`, with the
+    boundary taken by the face-connected cross of that dimensionality (6-connected in 3D)
+    and distances in ``spacing`` units (one size per axis, e.g. a NIfTI's voxel size in
+    mm; default 1 = pixels). HD95 / ASSD are NaN when either mask is empty.
+    """
+    p = _as_binary(pred, "pred")
+    t = _as_binary(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
+    if p.ndim < 1:
+        raise ValueError("pred/target must have at least one axis")
+    sampling = (1.0,) * p.ndim if spacing is None else tuple(float(s) for s in spacing)
+    if len(sampling) != p.ndim or not all(np.isfinite(sampling)) or min(sampling) <= 0:
+        raise ValueError(f"spacing must be {p.ndim} finite positive sizes, got {spacing!r}")
+    inter = float(np.logical_and(p, t).sum())
+    p_sum, t_sum = float(p.sum()), float(t.sum())
+    scores = {"dice": 2 * inter / (p_sum + t_sum) if p_sum + t_sum else 1.0,
+              "iou": inter / (p_sum + t_sum - inter) if p_sum + t_sum else 1.0,
+              "hd95": float("nan"), "assd": float("nan")}
+    dists = _surface_distances(p, t, sampling)
+    if dists is not None:
+        a, b = dists
+        scores["hd95"] = max(float(np.percentile(a, 95)), float(np.percentile(b, 95)))
+        scores["assd"] = float(np.concatenate([a, b]).mean())
+    return scores
 
 
 def summarize(values: Any) -> dict[str, float | int]:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import incontext.metrics as incontext_metrics
 from incontext.metrics import assd, dice, hd95, iou, summarize, surface_distances
 
 
@@ -205,3 +206,65 @@ def test_summarize_counts_undefined():
     assert s == {"mean": 2.0, "std": 1.0, "count": 3, "undefined": 1}
     s = summarize([float("nan")])
     assert math.isnan(s["mean"]) and s["undefined"] == 1
+
+
+# ---------------------------------------------------------------- mask_scores (any dim)
+
+
+def _ref_edges_nd(mask: np.ndarray) -> np.ndarray:
+    """Reference boundary in N-D: foreground voxels with a face neighbour that is
+    background or outside."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = np.ones(mask.shape, dtype=bool)
+    for axis in range(mask.ndim):
+        for shift in (0, 2):
+            idx = [slice(1, -1)] * mask.ndim
+            idx[axis] = slice(shift, shift + mask.shape[axis])
+            interior &= padded[tuple(idx)]
+    return mask & ~interior
+
+
+def test_mask_scores_in_2d_equal_the_batch_metrics():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        pred = rng.random((14, 11)) > 0.6
+        target = rng.random((14, 11)) > 0.5
+        scores = incontext_metrics.mask_scores(pred, target, spacing=(0.5, 2.0))
+        assert scores["dice"] == pytest.approx(dice(pred, target))
+        assert scores["iou"] == pytest.approx(iou(pred, target))
+        assert scores["hd95"] == pytest.approx(hd95(pred, target, spacing=(0.5, 2.0)))
+        assert scores["assd"] == pytest.approx(assd(pred, target, spacing=(0.5, 2.0)))
+
+
+def test_mask_scores_in_3d_match_a_brute_force_reference():
+    rng = np.random.default_rng(4)
+    spacing = (2.0, 1.0, 0.5)
+    for _ in range(3):
+        a = rng.random((6, 7, 8)) > 0.55
+        b = rng.random((6, 7, 8)) > 0.45
+        pa = np.argwhere(_ref_edges_nd(a)) * np.asarray(spacing)
+        pb = np.argwhere(_ref_edges_nd(b)) * np.asarray(spacing)
+        d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+        ab, ba = d.min(axis=1), d.min(axis=0)
+        scores = incontext_metrics.mask_scores(a, b, spacing=spacing)
+        assert scores["hd95"] == pytest.approx(max(np.percentile(ab, 95), np.percentile(ba, 95)))
+        assert scores["assd"] == pytest.approx(np.concatenate([ab, ba]).mean())
+        inter = (a & b).sum()
+        assert scores["dice"] == pytest.approx(2 * inter / (a.sum() + b.sum()))
+
+
+def test_mask_scores_shifted_cube_and_empty_and_bad_input():
+    cube = np.zeros((10, 10, 10), dtype=bool)
+    cube[2:6, 2:6, 2:6] = True
+    shifted = np.roll(cube, 3, axis=2)  # 3 voxels along the last axis, 1.5 mm each
+    scores = incontext_metrics.mask_scores(shifted, cube, spacing=(1.0, 1.0, 1.5))
+    assert scores["hd95"] == pytest.approx(4.5)
+    assert scores["dice"] == pytest.approx(2 * 16 / 128)
+    empty = np.zeros_like(cube)
+    none = incontext_metrics.mask_scores(empty, empty)
+    assert none["dice"] == 1.0 and math.isnan(none["hd95"])
+    assert incontext_metrics.mask_scores(empty, cube)["dice"] == 0.0
+    with pytest.raises(ValueError, match="spacing"):
+        incontext_metrics.mask_scores(cube, cube, spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="shapes differ"):
+        incontext_metrics.mask_scores(cube, cube[:5])
