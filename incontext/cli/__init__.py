@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 from incontext import __version__
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "benchmark", "demo", "models")
+SUBCOMMANDS: tuple[str, ...] = ("index", "train", "segment", "evaluate", "benchmark", "demo",
+                                 "models")
 
 
 class CLIError(Exception):

@@ -133,7 +133,9 @@ class LoadedSupport:
     label: np.ndarray  # integer label map, same shape as image.data
 
 
-def _as_label_map(label: LoadedImage) -> np.ndarray:
+def as_label_map(label: LoadedImage) -> np.ndarray:
+    """A loaded label file as an int64 label map; non-integer values are an error naming
+    the file, lossy JPEG masks are thresholded (with a warning)."""
     data = np.asarray(label.data)
     path = label.path
     if data.dtype == bool:
@@ -170,4 +172,4 @@ def load_support(pair: SupportPair) -> LoadedSupport:
         warnings.warn(f"{pair.label}: affine differs from its image {pair.image.name}; using "
                       "the voxel grids as they are (check the label belongs to the image)",
                       stacklevel=2)
-    return LoadedSupport(pair, image, _as_label_map(label))
+    return LoadedSupport(pair, image, as_label_map(label))
