@@ -281,13 +281,19 @@ def _check_volumes(model, supports: SupportSet, wanted, window, args,
     from incontext.volume_check import check_support_volumes
 
     task = progress.add_task("support checks", total=None)
+    done = [0]  # slices segmented so far (the total is known only at the end)
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress.advance(task, n)
+
     checks = check_support_volumes(
         model, supports.images, supports.labels, labels=wanted, seed=args.seed,
         axis=_volume_axis(args, supports), planes=args.planes, ensemble=args.ensemble,
         support_size=args.support_size, threshold=args.threshold,
         batch_size=args.batch_size, modality=args.modality, window=window, tiles=args.tiles,
-        tta=args.tta, progress=lambda n: progress.advance(task, n))
-    progress.update(task, total=progress.tasks[task].completed)
+        tta=args.tta, progress=advance)
+    progress.update(task, total=done[0])
     return [LabelChoice(c.label, args.tiles, args.threshold, "grey", c.dice, c.volumes)
             for c in checks]
 
