@@ -2,6 +2,7 @@
 a gate between the model and training-free baselines, on tasks with known answers."""
 
 import numpy as np
+import pytest
 from bench_scripts import load_script
 from fake_models import EchoQuery, MeanSupportLabel
 
@@ -47,3 +48,50 @@ def test_gate_hands_a_task_to_the_threshold_when_it_segments_the_supports_better
     # and the model keeps a task it segments best
     rows = mg.run_task(EchoQuery(32), _task(), support_size=6, repeats=1)
     assert mg.gate(rows[0], ("threshold", "nearest-support"), margin=0.0) == "model"
+
+
+def test_model_choice_picks_the_model_that_segments_the_supports_best():
+    mc = load_script("model_choice")
+    models = {"default": MeanSupportLabel(32), "other": EchoQuery(32)}
+    rows = mc.run_task(models, _task(), support_size=6, repeats=2, margin=0.01)
+    for row in rows:
+        assert row["estimates"]["other"] > row["estimates"]["default"]
+        assert row["picked"] == "other" and row["choose"] == row["models"]["other"]
+        assert 0.0 <= row["mean"] <= 1.0
+    # a margin larger than any gain keeps the first (default) model
+    rows = mc.run_task(models, _task(), support_size=6, repeats=1, margin=1.0)
+    assert rows[0]["picked"] == "default"
+
+
+def test_volume_check_script_on_a_generated_nnunet_dataset(tmp_path):
+    import json
+
+    import nibabel as nib
+    import torch
+
+    from incontext.models import UniverSeg, save
+
+    root = tmp_path / "Dataset001_Toy"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:10, :12, :12]
+    for i in range(4):
+        c = rng.integers(4, 8, 3)
+        label = (((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= 9).astype(np.uint8)
+        image = (label * 100 + rng.normal(0, 5, label.shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"c{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.safetensors"
+    save(UniverSeg(encoder_widths=(8, 8), resolution=16), weights)
+    out = tmp_path / "vc.json"
+    vc = load_script("volume_check")
+    assert vc.main([str(root), "--model", str(weights), "--supports", "2", "--queries", "2",
+                    "--draws", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2
+    for row in data["rows"]:
+        assert len(row["per_support"]) == 2 and len(row["per_query"]) == 2
+        assert row["queries"] == pytest.approx(np.mean(row["per_query"]))
+        assert not set(row["supports"]) & set(row["query_files"])
