@@ -76,8 +76,9 @@ def run_task(models: dict, task, support_size: int, repeats: int, margin: float)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", action="append", required=True, help="training-pool index")
-    parser.add_argument("--models", required=True, help="comma-separated registry names; the "
-                                                        "first is the default")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated registry names, a+b for the mean of a and b "
+                             "(incontext.models.ensemble); the first is the default")
     parser.add_argument("--tasks", default=None, help="comma-separated task patterns")
     parser.add_argument("--support-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -94,8 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     from incontext.benchmark.api import select_tasks
     from incontext.benchmark.protocol import ProtocolError, load_task
     from incontext.data import TaskIndex
+    from incontext.models.ensemble import ModelEnsemble
 
-    models = {name: incontext.load_model(name) for name in args.models.split(",")}
+    def build(name: str):  # "a+b": the mean of models a and b (incontext.models.ensemble)
+        parts = name.split("+")
+        if len(parts) == 1:
+            return incontext.load_model(name)
+        return ModelEnsemble([incontext.load_model(p) for p in parts], parts)
+
+    models = {name: build(name) for name in args.models.split(",")}
     patterns = args.tasks.split(",") if args.tasks else None
     results: dict[str, dict] = {}
     for path in args.index:
