@@ -34,3 +34,22 @@ def test_bad_ensembles_are_refused():
         ModelEnsemble([EchoQuery(16)])
     with pytest.raises(ValueError, match="one input resolution"):
         ModelEnsemble([EchoQuery(16), EchoQuery(32)])
+
+
+def test_load_model_joins_names_with_plus(tmp_path):
+    from incontext.models import UniverSeg, WeightsError, load_model, save
+
+    torch.manual_seed(0)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save(UniverSeg(encoder_widths=(8, 8), resolution=16), a)
+    save(UniverSeg(encoder_widths=(8, 8), resolution=16), b)
+    ens = load_model(f"{a}+{b}")
+    assert isinstance(ens, ModelEnsemble) and ens.names == [str(a), str(b)]
+    with pytest.raises(WeightsError, match="joined by"):
+        load_model(f"{a}+")
+    c = tmp_path / "c.safetensors"
+    save(UniverSeg(encoder_widths=(8, 8), resolution=32), c)
+    with pytest.raises(WeightsError, match="one input resolution"):
+        load_model(f"{a}+{c}")
+    with pytest.raises(WeightsError, match="unknown model"):
+        load_model(f"{a}+no-such-model")

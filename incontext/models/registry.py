@@ -139,7 +139,9 @@ def load_model(name: str | None = None, path: str | Path | None = None,
     * ``load_model()`` -> the shipped default model;
     * ``load_model("universeg-v1", path="universeg_v1_nf64_ss64_STA.pt")`` -> the
       published weights (read with ``torch.load(weights_only=True)``);
-    * ``load_model("path/to/model.safetensors")`` -> a model saved by ``incontext``.
+    * ``load_model("path/to/model.safetensors")`` -> a model saved by ``incontext``;
+    * ``load_model("a+b")`` -> models ``a`` and ``b`` (names or files) as one, their
+      probabilities averaged (:class:`incontext.models.ensemble.ModelEnsemble`).
 
     ``device``: where the model runs (:func:`incontext.device.resolve_device`: ``"auto"``,
     ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``); :func:`incontext.segment` follows it.
@@ -156,6 +158,19 @@ def _load_on_cpu(name: str | None, path: str | Path | None) -> nn.Module:
                 "load_model('universeg-v1', path=...)"
             )
         name = DEFAULT_MODEL
+    if "+" in name and name not in REGISTRY and not Path(name).exists():
+        from incontext.models.ensemble import ModelEnsemble
+
+        if path is not None:
+            raise WeightsError(f"{name!r}: path= is for one model, not an ensemble")
+        parts = [p.strip() for p in name.split("+")]
+        if any(not p for p in parts):
+            raise WeightsError(f"{name!r}: an ensemble is model names joined by '+', e.g. "
+                               "incontext-universeg-s128-colour+incontext-universeg-s128-vessels")
+        try:
+            return ModelEnsemble([_load_on_cpu(p, None) for p in parts], parts)
+        except ValueError as exc:
+            raise WeightsError(f"{name!r}: {exc}") from None
     if name not in REGISTRY and (name.endswith(".safetensors") or Path(name).exists()):
         return load(name)
     spec = _spec(name)
