@@ -28,7 +28,6 @@ Prints a table (Dice x 100 per task) and writes results/method_gate.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import add_task_options, pool_tasks, write_json  # noqa: E402
 
 MARGINS = (0.0, 0.03, 0.05, 0.1)
 
@@ -92,55 +93,37 @@ def gate(row: dict, names: tuple[str, ...], margin: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", action="append", required=True, help="training-pool index")
-    parser.add_argument("--tasks", default=None, help="comma-separated task patterns")
+    add_task_options(parser, RESULTS / "method_gate.json")
     parser.add_argument("--model", default=None, help="registry name or weights (default model)")
-    parser.add_argument("--support-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--queries-per-task", type=int, default=16)
-    parser.add_argument("--query-split", default="val", choices=("val", "test"))
-    parser.add_argument("--json", default=str(RESULTS / "method_gate.json"))
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
     import incontext
-    from incontext.benchmark.api import select_tasks
-    from incontext.benchmark.protocol import ProtocolError, load_task
-    from incontext.data import TaskIndex
 
     model = incontext.load_model(args.model) if args.model else incontext.load_model()
     model.eval()
-    patterns = args.tasks.split(",") if args.tasks else None
     variants = {"model": ((), 0.0)}
     for m in MARGINS:
         variants[f"gate-thr@{m:g}"] = (("threshold",), m)
         variants[f"gate-all@{m:g}"] = (("threshold", "nearest-support"), m)
     results: dict[str, dict] = {}
-    for path in args.index:
-        index = TaskIndex(path)
-        for name in select_tasks(index, patterns):
-            start = time.perf_counter()
-            try:
-                task = load_task(index, name, queries_per_task=args.queries_per_task,
-                                 query_split=args.query_split)
-            except ProtocolError as exc:  # e.g. a dataset too small for a val split
-                print(f"{name}: skipped ({exc})", flush=True)
-                continue
-            with torch.inference_mode():
-                rows = run_task(model, task, args.support_size, args.repeats)
-            if not rows:
-                continue
-            scores = {v: float(np.mean([r["query"][gate(r, ns, m) if ns else "model"]
-                                        for r in rows])) for v, (ns, m) in variants.items()}
-            scores["oracle"] = float(np.mean([max(r["query"].values()) for r in rows]))
-            for alt in ("threshold", "nearest-support"):
-                scores[alt] = float(np.mean([r["query"][alt] for r in rows]))
-            results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
-            print(f"{name:45s} " + " ".join(f"{v}={100 * x:5.1f}" for v, x in scores.items()
-                                            if "@0.03" not in v and "@0.1" not in v)
-                  + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    for name, task in pool_tasks(args):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            rows = run_task(model, task, args.support_size, args.repeats)
+        if not rows:
+            continue
+        scores = {v: float(np.mean([r["query"][gate(r, ns, m) if ns else "model"]
+                                    for r in rows])) for v, (ns, m) in variants.items()}
+        scores["oracle"] = float(np.mean([max(r["query"].values()) for r in rows]))
+        for alt in ("threshold", "nearest-support"):
+            scores[alt] = float(np.mean([r["query"][alt] for r in rows]))
+        results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
+        print(f"{name:45s} " + " ".join(f"{v}={100 * x:5.1f}" for v, x in scores.items()
+                                        if "@0.03" not in v and "@0.1" not in v)
+              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     if not results:
         parser.error("no task matched --tasks")
     datasets = sorted({r["dataset"] for r in results.values()})
@@ -154,14 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     for v in names:
         print(f"| {v} | " + " | ".join(f"{by_dataset[d][v]:.1f}" for d in datasets)
               + f" | {mean[v]:.2f} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"support_size": args.support_size, "repeats": args.repeats,
-                               "queries_per_task": args.queries_per_task,
-                               "query_split": args.query_split,
-                               "model": args.model or "default", "mean": mean,
-                               "datasets": by_dataset, "tasks": results}, indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
+                           "queries_per_task": args.queries_per_task,
+                           "query_split": args.query_split, "model": args.model or "default",
+                           "mean": mean, "datasets": by_dataset, "tasks": results})
     return 0
 
 

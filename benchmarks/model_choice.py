@@ -25,7 +25,6 @@ Prints Dice x 100 per dataset and variant; writes results/model_choice.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import add_task_options, as_images, pool_tasks, write_json  # noqa: E402
 
 
 def run_task(models: dict, task, support_size: int, repeats: int, margin: float) -> list[dict]:
@@ -42,17 +43,12 @@ def run_task(models: dict, task, support_size: int, repeats: int, margin: float)
     from incontext.inference import segment
     from incontext.metrics import dice
 
-    def images(grey, colour, indices):
-        if colour is None:
-            return [grey[i] for i in indices]
-        return [colour[i].transpose(1, 2, 0) for i in indices]
-
-    queries = images(task.query_images, task.query_colour, range(len(task.query_images)))
+    queries = as_images(task.query_images, task.query_colour, range(len(task.query_images)))
     truth = task.query_labels > 0.5
     names = list(models)
     rows = []
     for draw in support_draws(task.name, task.pool_size, support_size, repeats):
-        supports = images(task.pool_images, task.pool_colour, draw.indices)
+        supports = as_images(task.pool_images, task.pool_colour, draw.indices)
         labels = [task.pool_labels[i].astype(np.uint8) for i in draw.indices]
         probs, estimates, scores = {}, {}, {}
         for name, model in models.items():
@@ -75,26 +71,17 @@ def run_task(models: dict, task, support_size: int, repeats: int, margin: float)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", action="append", required=True, help="training-pool index")
+    add_task_options(parser, RESULTS / "model_choice.json")
     parser.add_argument("--models", required=True,
                         help="comma-separated registry names, a+b for the mean of a and b "
                              "(incontext.models.ensemble); the first is the default")
-    parser.add_argument("--tasks", default=None, help="comma-separated task patterns")
-    parser.add_argument("--support-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--queries-per-task", type=int, default=16)
-    parser.add_argument("--query-split", default="val", choices=("val", "test"))
     parser.add_argument("--margin", type=float, default=0.01)
-    parser.add_argument("--json", default=str(RESULTS / "model_choice.json"))
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
     import incontext
-    from incontext.benchmark.api import select_tasks
-    from incontext.benchmark.protocol import ProtocolError, load_task
-    from incontext.data import TaskIndex
     from incontext.models.ensemble import ModelEnsemble
 
     def build(name: str):  # "a+b": the mean of models a and b (incontext.models.ensemble)
@@ -104,28 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         return ModelEnsemble([incontext.load_model(p) for p in parts], parts)
 
     models = {name: build(name) for name in args.models.split(",")}
-    patterns = args.tasks.split(",") if args.tasks else None
     results: dict[str, dict] = {}
-    for path in args.index:
-        index = TaskIndex(path)
-        for name in select_tasks(index, patterns):
-            start = time.perf_counter()
-            try:
-                task = load_task(index, name, queries_per_task=args.queries_per_task,
-                                 query_split=args.query_split)
-            except ProtocolError as exc:
-                print(f"{name}: skipped ({exc})", flush=True)
-                continue
-            with torch.inference_mode():
-                rows = run_task(models, task, args.support_size, args.repeats, args.margin)
-            results[name] = {"dataset": task.dataset, "rows": rows}
-            row = {**{m: np.mean([r["models"][m] for r in rows]) for m in models},
-                   "choose": np.mean([r["choose"] for r in rows]),
-                   "mean": np.mean([r["mean"] for r in rows])}
-            print(f"{name:45s} " + " ".join(f"{k.replace('incontext-universeg-', '')}="
-                                            f"{100 * v:5.1f}" for k, v in row.items())
-                  + f" picked {[r['picked'].replace('incontext-universeg-', '') for r in rows]}"
-                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    for name, task in pool_tasks(args):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            rows = run_task(models, task, args.support_size, args.repeats, args.margin)
+        results[name] = {"dataset": task.dataset, "rows": rows}
+        row = {**{m: np.mean([r["models"][m] for r in rows]) for m in models},
+               "choose": np.mean([r["choose"] for r in rows]),
+               "mean": np.mean([r["mean"] for r in rows])}
+        print(f"{name:45s} " + " ".join(f"{k.replace('incontext-universeg-', '')}="
+                                        f"{100 * v:5.1f}" for k, v in row.items())
+              + f" picked {[r['picked'].replace('incontext-universeg-', '') for r in rows]}"
+              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     variants = [*models, "choose", "mean"]
 
     def value(row, v):
@@ -146,13 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         mean = np.mean([by_dataset[d][v] for d in datasets])
         print(f"| {v} | " + " | ".join(f"{by_dataset[d][v]:.1f}" for d in datasets)
               + f" | {mean:.2f} | " + " / ".join(f"{x:.1f}" for x in per_draw[v]) + " |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"models": list(models), "support_size": args.support_size,
-                               "repeats": args.repeats, "query_split": args.query_split,
-                               "margin": args.margin, "datasets": by_dataset,
-                               "per_draw": per_draw, "tasks": results}, indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, {"models": list(models), "support_size": args.support_size,
+                           "repeats": args.repeats, "query_split": args.query_split,
+                           "margin": args.margin, "datasets": by_dataset,
+                           "per_draw": per_draw, "tasks": results})
     return 0
 
 

@@ -22,7 +22,6 @@ error (estimate − query Dice) over all rows; writes results/support_dice.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,13 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
-
-
-def _as_images(grey, colour, indices):
-    """Index slices as a list of 2D (grey) or (H, W, 3) (colour) images."""
-    if colour is None:
-        return [grey[i] for i in indices]
-    return [colour[i].transpose(1, 2, 0) for i in indices]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import add_task_options, as_images, pool_tasks, write_json  # noqa: E402
 
 
 def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
@@ -46,10 +40,10 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
     from incontext.inference import segment
     from incontext.metrics import dice
 
-    queries = _as_images(task.query_images, task.query_colour, range(len(task.query_images)))
+    queries = as_images(task.query_images, task.query_colour, range(len(task.query_images)))
     rows = []
     for draw in support_draws(task.name, task.pool_size, support_size, repeats):
-        supports = _as_images(task.pool_images, task.pool_colour, draw.indices)
+        supports = as_images(task.pool_images, task.pool_colour, draw.indices)
         labels = [task.pool_labels[i].astype(np.uint8) for i in draw.indices]
         result = segment(model, queries, supports, labels, seed=draw.seed)
         estimate = result[0].support_dice[0]
@@ -65,45 +59,27 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", action="append", required=True, help="task index")
-    parser.add_argument("--tasks", default=None, help="comma-separated task patterns")
+    add_task_options(parser, RESULTS / "support_dice.json")
     parser.add_argument("--model", default=None, help="registry name or weights (default model)")
-    parser.add_argument("--support-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--queries-per-task", type=int, default=16)
-    parser.add_argument("--query-split", default="val", choices=("val", "test"))
-    parser.add_argument("--json", default=str(RESULTS / "support_dice.json"))
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
     import incontext
-    from incontext.benchmark.api import select_tasks
-    from incontext.benchmark.protocol import ProtocolError, load_task
-    from incontext.data import TaskIndex
 
     model = incontext.load_model(args.model) if args.model else incontext.load_model()
-    patterns = args.tasks.split(",") if args.tasks else None
     results: dict[str, dict] = {}
-    for path in args.index:
-        index = TaskIndex(path)
-        for name in select_tasks(index, patterns):
-            start = time.perf_counter()
-            try:
-                task = load_task(index, name, queries_per_task=args.queries_per_task,
-                                 query_split=args.query_split)
-            except ProtocolError as exc:  # e.g. a dataset too small for a val split
-                print(f"{name}: skipped ({exc})", flush=True)
-                continue
-            with torch.inference_mode():
-                rows = run_task(model, task, args.support_size, args.repeats)
-            results[name] = {"dataset": task.dataset, "rows": rows}
-            for r in rows:
-                print(f"{name:45s} draw {r['draw']}: estimate {100 * r['estimate']:5.1f}  "
-                      f"queries {100 * r['query']:5.1f}  ({r['rendering']}, tiles "
-                      f"{r['tiles']}, cut {r['cut']:g})", flush=True)
-            print(f"{'':45s} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for name, task in pool_tasks(args):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            rows = run_task(model, task, args.support_size, args.repeats)
+        results[name] = {"dataset": task.dataset, "rows": rows}
+        for r in rows:
+            print(f"{name:45s} draw {r['draw']}: estimate {100 * r['estimate']:5.1f}  "
+                  f"queries {100 * r['query']:5.1f}  ({r['rendering']}, tiles "
+                  f"{r['tiles']}, cut {r['cut']:g})", flush=True)
+        print(f"{'':45s} ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = [r for t in results.values() for r in t["rows"]]
     if not rows:
         parser.error("no task gave an estimate (check --tasks)")
@@ -117,14 +93,11 @@ def main(argv: list[str] | None = None) -> int:
           f"query Dice| {100 * summary['mean_abs_error']:.1f} points, mean signed "
           f"{100 * summary['mean_signed_error']:+.1f}, within 10 points "
           f"{100 * summary['within_10_points']:.0f} %")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"support_size": args.support_size, "repeats": args.repeats,
-                               "queries_per_task": args.queries_per_task,
-                               "query_split": args.query_split, "indexes": args.index,
-                               "model": args.model or "default", "summary": summary,
-                               "tasks": results}, indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
+                           "queries_per_task": args.queries_per_task,
+                           "query_split": args.query_split, "indexes": args.index,
+                           "model": args.model or "default", "summary": summary,
+                           "tasks": results})
     return 0
 
 

@@ -17,7 +17,6 @@ estimate; writes results/volume_check.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,27 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
-
-
-def _pairs(dataset: Path) -> list[tuple[Path, Path]]:
-    pairs = []
-    for image in sorted((dataset / "imagesTr").glob("*_0000.nii*")):
-        stem = image.name.split("_0000.nii")[0]
-        label = next(iter((dataset / "labelsTr").glob(f"{stem}.nii*")), None)
-        if label is not None:
-            pairs.append((image, label))
-    return pairs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import add_volume_options, labelled_volumes, volume_draw, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", type=Path, help="nnU-Net dataset folder (imagesTr, labelsTr)")
-    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
-    parser.add_argument("--supports", type=int, default=3, help="support volumes per draw")
-    parser.add_argument("--queries", type=int, default=4, help="query volumes per draw")
-    parser.add_argument("--draws", type=int, default=4)
-    parser.add_argument("--modality", default="other", choices=("ct", "mr", "other"))
-    parser.add_argument("--json", default=str(RESULTS / "volume_check.json"))
+    add_volume_options(parser, RESULTS / "volume_check.json", queries=4, draws=4)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -54,23 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     from incontext.io import load_image
     from incontext.metrics import dice
     from incontext.volume_check import check_support_volumes
-    from incontext.volumes import choose_axis, segment_volume
+    from incontext.volumes import segment_volume
 
-    pairs = _pairs(args.dataset)
-    if len(pairs) < args.supports + args.queries:
-        parser.error(f"{args.dataset}: {len(pairs)} labelled volumes, need "
-                     f"{args.supports + args.queries}")
+    pairs = labelled_volumes(args.dataset)
     model = incontext.load_model(args.model) if args.model else incontext.load_model()
     rows = []
     for draw in range(args.draws):
         start = time.perf_counter()
-        order = np.random.default_rng(draw).permutation(len(pairs))
-        sup = [pairs[i] for i in order[:args.supports]]
-        qry = [pairs[i] for i in order[args.supports:args.supports + args.queries]]
-        s_img = [load_image(p).data for p, _ in sup]
-        s_lab = [np.rint(load_image(q, as_label=True).data).astype(np.int64) for _, q in sup]
-        spacings = [load_image(p).nifti.spacing for p, _ in sup]
-        options = {"axis": choose_axis(s_lab, spacings), "modality": args.modality}
+        s_img, s_lab, axis, sup, qry = volume_draw(pairs, draw, args.supports, args.queries)
+        options = {"axis": axis, "modality": args.modality}
         checks = check_support_volumes(model, s_img, s_lab, seed=draw, **options)
         for check in checks:
             truth = []
@@ -94,13 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} draws x labels: mean |estimate - query Dice| "
           f"{100 * summary['mean_abs_error']:.1f} points, mean signed "
           f"{100 * summary['mean_signed_error']:+.1f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"dataset": str(args.dataset), "supports": args.supports,
-                               "queries": args.queries, "model": args.model or "default",
-                               "modality": args.modality, "summary": summary, "rows": rows},
-                              indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, {"dataset": str(args.dataset), "supports": args.supports,
+                           "queries": args.queries, "model": args.model or "default",
+                           "modality": args.modality, "summary": summary, "rows": rows})
     return 0
 
 

@@ -1,0 +1,101 @@
+"""What the task-by-task experiment scripts here share: their options, the tasks of their
+indexes, images as ``segment`` takes them, and an atomic JSON write.
+
+Used by ``support_dice.py``, ``method_gate.py`` and ``model_choice.py`` (each imports it
+from this folder); ``volume_check.py`` and ``volume_settings.py`` share ``labelled_volumes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+def add_task_options(parser: argparse.ArgumentParser, json_default: Path) -> None:
+    """--index, --tasks, --support-size, --repeats, --queries-per-task, --query-split, --json."""
+    parser.add_argument("--index", action="append", required=True, help="task index")
+    parser.add_argument("--tasks", default=None, help="comma-separated task patterns")
+    parser.add_argument("--support-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--queries-per-task", type=int, default=16)
+    parser.add_argument("--query-split", default="val", choices=("val", "test"))
+    parser.add_argument("--json", default=str(json_default))
+
+
+def pool_tasks(args: argparse.Namespace) -> Iterator[tuple[str, object]]:
+    """(name, :class:`incontext.benchmark.protocol.TaskData`) for every matching task of
+    every ``--index``; a task without slices in ``--query-split`` is skipped, with a line."""
+    from incontext.benchmark.api import select_tasks
+    from incontext.benchmark.protocol import ProtocolError, load_task
+    from incontext.data import TaskIndex
+
+    patterns = args.tasks.split(",") if args.tasks else None
+    for path in args.index:
+        index = TaskIndex(path)
+        for name in select_tasks(index, patterns):
+            try:
+                task = load_task(index, name, queries_per_task=args.queries_per_task,
+                                 query_split=args.query_split)
+            except ProtocolError as exc:  # e.g. a dataset too small for a val split
+                print(f"{name}: skipped ({exc})", flush=True)
+                continue
+            yield name, task
+
+
+def as_images(grey, colour, indices: Sequence[int]) -> list:
+    """Index slices as ``segment`` takes files: 2D grey, or (H, W, 3) where colour is stored."""
+    if colour is None:
+        return [grey[i] for i in indices]
+    return [colour[i].transpose(1, 2, 0) for i in indices]
+
+
+def labelled_volumes(dataset: Path) -> list[tuple[Path, Path]]:
+    """(image, label) files of an nnU-Net dataset folder (imagesTr/*_0000, labelsTr/)."""
+    pairs = []
+    for image in sorted((dataset / "imagesTr").glob("*_0000.nii*")):
+        stem = image.name.split("_0000.nii")[0]
+        label = next(iter((dataset / "labelsTr").glob(f"{stem}.nii*")), None)
+        if label is not None:
+            pairs.append((image, label))
+    return pairs
+
+
+def add_volume_options(parser: argparse.ArgumentParser, json_default: Path, queries: int,
+                       draws: int) -> None:
+    """The dataset argument and --model, --supports, --queries, --draws, --modality, --json."""
+    parser.add_argument("dataset", type=Path, help="nnU-Net dataset folder (imagesTr, labelsTr)")
+    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    parser.add_argument("--supports", type=int, default=3, help="support volumes per draw")
+    parser.add_argument("--queries", type=int, default=queries, help="query volumes per draw")
+    parser.add_argument("--draws", type=int, default=draws)
+    parser.add_argument("--modality", default="other", choices=("ct", "mr", "other"))
+    parser.add_argument("--json", default=str(json_default))
+
+
+def volume_draw(pairs: list[tuple[Path, Path]], draw: int, supports: int, queries: int):
+    """Draw ``draw``'s support volumes (images, label maps, the default slicing axis, their
+    files) and its query (image, label) files, disjoint, from a seeded permutation."""
+    import numpy as np
+
+    from incontext.io import load_image
+    from incontext.volumes import choose_axis
+
+    if len(pairs) < supports + queries:
+        raise SystemExit(f"{len(pairs)} labelled volumes, need {supports + queries}")
+    order = np.random.default_rng(draw).permutation(len(pairs))
+    sup = [pairs[i] for i in order[:supports]]
+    images = [load_image(p).data for p, _ in sup]
+    labels = [np.rint(load_image(q, as_label=True).data).astype(np.int64) for _, q in sup]
+    axis = choose_axis(labels, [load_image(p).nifti.spacing for p, _ in sup])
+    return images, labels, axis, sup, [pairs[i] for i in order[supports:supports + queries]]
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """``data`` as indented JSON at ``path``, through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
