@@ -58,11 +58,41 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _summary_table(result, summary: dict, unit: str, title: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for column in ("label", "Dice", "± sd", "IoU", f"HD95 ({unit})", f"ASSD ({unit})",
+                   "HD95 undefined"):
+        table.add_column(column, justify="right")
+    for v in result.labels:
+        s = summary[v]
+        table.add_row(str(v), _fmt(s["dice"]["mean"]), _fmt(s["dice"]["std"]),
+                      _fmt(s["iou"]["mean"]), _fmt(s["hd95"]["mean"], 2),
+                      _fmt(s["assd"]["mean"], 2), f"{s['hd95']['undefined']}")
+    return table
+
+
+def _case_table(result, unit: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="per case")
+    for column in ("case", "label", "Dice", "IoU", f"HD95 ({unit})", f"ASSD ({unit})"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for f in result.files:
+        for v in result.labels:
+            sc = f.scores[v]
+            table.add_row(escape(f.case), str(v), _fmt(sc["dice"]), _fmt(sc["iou"]),
+                          _fmt(sc["hd95"], 2), _fmt(sc["assd"], 2))
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import Progress
-    from rich.table import Table
 
     from incontext.atomic import atomic_write_text, check_output_folder
     from incontext.cli.segment_run import parse_labels
@@ -86,27 +116,10 @@ def run(args: argparse.Namespace) -> int:
     units = sorted({f.units for f in result.files})
     unit = units[0] if len(units) == 1 else "mm or px"
     summary = result.summary()
-    table = Table(title=f"{len(result.files)} cases: {escape(str(args.pred))} vs "
-                        f"{escape(str(args.truth))}")
-    for column in ("label", "Dice", "± sd", "IoU", f"HD95 ({unit})", f"ASSD ({unit})",
-                   "HD95 undefined"):
-        table.add_column(column, justify="right")
-    for v in result.labels:
-        s = summary[v]
-        table.add_row(str(v), _fmt(s["dice"]["mean"]), _fmt(s["dice"]["std"]),
-                      _fmt(s["iou"]["mean"]), _fmt(s["hd95"]["mean"], 2),
-                      _fmt(s["assd"]["mean"], 2), f"{s['hd95']['undefined']}")
     if args.per_case:
-        cases = Table(title="per case")
-        for column in ("case", "label", "Dice", "IoU", f"HD95 ({unit})", f"ASSD ({unit})"):
-            cases.add_column(column, justify="left" if column == "case" else "right")
-        for f in result.files:
-            for v in result.labels:
-                sc = f.scores[v]
-                cases.add_row(escape(f.case), str(v), _fmt(sc["dice"]), _fmt(sc["iou"]),
-                              _fmt(sc["hd95"], 2), _fmt(sc["assd"], 2))
-        console.print(cases)
-    console.print(table)
+        console.print(_case_table(result, unit))
+    console.print(_summary_table(result, summary, unit,
+                                 f"{len(result.files)} cases: {args.pred} vs {args.truth}"))
     console.print("HD95 / ASSD are undefined where the prediction or the ground truth is empty "
                   "(Dice carries that case); means are over the defined ones.", highlight=False)
     if result.unmatched_predictions:
