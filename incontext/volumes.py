@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from incontext.calibration import rescale_to_threshold
 from incontext.ct_windows import CT_WINDOWS, resolve_window  # noqa: F401  (re-exported)
 from incontext.inference import (
     SupportSetError,
@@ -239,7 +240,7 @@ def segment_volume(
     planes: int = 1,
     ensemble: int = 1,
     support_size: int | None = None,
-    threshold: float = 0.5,
+    threshold: float | Sequence[float] = 0.5,
     seed: int = 0,
     batch_size: int | None = None,
     modality: str = "other",
@@ -260,6 +261,9 @@ def segment_volume(
     (total = :func:`slice_steps`). tiles: 1, g > 1, "auto" or "autoG", as in
     :func:`incontext.segment`, per slice (``VolumeSegmentation.tiles`` says what was used).
     tta: 1, 2, 4 or 8 flipped/rotated copies of each slice task, averaged (:mod:`incontext.tta`).
+    threshold: the foreground cut, one for all labels or one per label (in ``labels``
+    order; :func:`incontext.volume_check.check_support_volumes` can choose them); with
+    cuts other than 0.5 the returned probabilities are rescaled so each cut sits at 0.5.
     """
     try:
         check_tta(tta)
@@ -275,8 +279,9 @@ def segment_volume(
         raise VolumeError(f"ensemble must be >= 1, got {ensemble}")
     if batch_size is not None and batch_size < 1:
         raise VolumeError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 < threshold < 1.0:
-        raise VolumeError(f"threshold must be in (0, 1), got {threshold}")
+    cuts = [float(threshold)] if np.ndim(threshold) == 0 else [float(t) for t in threshold]
+    if not cuts or any(not 0.0 < t < 1.0 for t in cuts):
+        raise VolumeError(f"threshold must be in (0, 1) (one, or one per label), got {threshold}")
     query = np.asarray(query)
     if query.ndim != 3:
         raise VolumeError(f"query: expected a 3D volume, got shape {query.shape}")
@@ -302,6 +307,11 @@ def segment_volume(
                           f"(present: {present or 'none'})")
     if not wanted:
         raise VolumeError("every support label is empty: nothing to segment")
+    if len(cuts) not in (1, len(wanted)):
+        raise VolumeError(f"{len(cuts)} thresholds for {len(wanted)} labels: give one, or one "
+                          "per label")
+    if len(cuts) == 1:
+        cuts = cuts * len(wanted)
 
     size = _model_resolution(model)
     q_norm = normalize_volume(query, modality, window, "query")
@@ -339,9 +349,12 @@ def segment_volume(
             uncertainty[li] = np.sqrt(np.clip(total, 0, None))
     finally:
         model.train(was_training)
+    if any(t != 0.5 for t in cuts):  # per-label cuts: rescale so each cut sits at 0.5
+        prob = np.stack([rescale_to_threshold(torch.from_numpy(p), t).numpy()
+                         for p, t in zip(prob, cuts, strict=True)])
     mask = np.zeros(query.shape, dtype=np.int64)
     best = prob.argmax(axis=0)
-    fg = prob.max(axis=0) >= threshold
+    fg = prob.max(axis=0) >= 0.5
     mask[fg] = np.asarray(wanted)[best[fg]]
     return VolumeSegmentation(mask=mask.astype(_label_dtype(wanted)), probabilities=prob,
                               uncertainty=uncertainty, labels=wanted, axes=axes, tiles=chosen)

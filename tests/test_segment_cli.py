@@ -531,15 +531,34 @@ def test_threshold_defaults_to_auto_in_2d_and_is_passed_through(tmp_path, model_
         assert (out / "case0.png").exists()
 
 
-def test_threshold_auto_is_refused_for_volumes(tmp_path, model_path, capsys):
-    img, lab = make_volume((12, 14, 10), seed=0)
-    affine = _affine(0)
-    nib.save(nib.Nifti1Image(img, affine), tmp_path / "a.nii.gz")
-    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "a_seg.nii.gz")
-    code = run_cli(["segment", "--support", f"{tmp_path / 'a.nii.gz'}:{tmp_path / 'a_seg.nii.gz'}",
-                    "--query", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "o"),
-                    "--model", str(model_path), "--threshold", "auto"])
-    assert code == 2 and "for 2D images" in capsys.readouterr().err
+def test_threshold_auto_for_volumes_is_chosen_on_whole_support_volumes(tmp_path, model_path,
+                                                                        capsys, monkeypatch):
+    import json
+
+    import incontext.volume_check as volume_check
+    import incontext.volumes as volumes
+
+    make_nnunet(tmp_path / "Dataset001_Test", n=3)
+    cuts = []
+    real = volumes.segment_volume
+
+    def spy(*args, **kwargs):
+        cuts.append(kwargs.get("threshold"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(volumes, "segment_volume", spy)
+    monkeypatch.setattr(volume_check, "segment_volume", spy)
+    code = run_cli(["segment", "--support-dir", str(tmp_path / "Dataset001_Test"), "--query",
+                    str(tmp_path / "Dataset001_Test" / "imagesTr" / "la_000_0000.nii.gz"),
+                    "--out", str(tmp_path / "o"), "--model", str(model_path),
+                    "--support-size", "4", "--threshold", "auto",
+                    "--report", str(tmp_path / "run.json")])
+    assert code == 0, capsys.readouterr().err
+    (choice,) = json.loads((tmp_path / "run.json").read_text())["choices"]
+    assert choice["support_checks"] == 3 and choice["cut"] > 0
+    # 3 checks at the raw probabilities, then the query at the chosen cut (one per label)
+    assert cuts[-1] == [choice["cut"]] and len(cuts) == 4
+    assert "support-set check" in capsys.readouterr().out
 
 
 def test_colour_option_passes_rgb_and_the_choice(tmp_path, model_path, monkeypatch, capsys):

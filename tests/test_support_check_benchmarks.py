@@ -92,6 +92,9 @@ def test_volume_check_script_on_a_generated_nnunet_dataset(tmp_path):
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2
     for row in data["rows"]:
-        assert len(row["per_support"]) == 2 and len(row["per_query"]) == 2
+        assert len(row["per_query"]) == len(row["per_query_at_cut"]) == 2
         assert row["queries"] == pytest.approx(np.mean(row["per_query"]))
+        assert row["queries_at_cut"] == pytest.approx(np.mean(row["per_query_at_cut"]))
+        assert row["estimate"] == pytest.approx(row["cut_scores"]["0.5"])
+        assert row["estimate_at_cut"] == pytest.approx(row["cut_scores"][str(row["cut"])])
         assert not set(row["supports"]) & set(row["query_files"])

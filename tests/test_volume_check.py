@@ -42,3 +42,34 @@ def test_checks_are_capped_and_labels_held_by_one_volume_are_not_measured():
     assert by_label[2].dice is None and by_label[2].volumes == 0  # nothing to segment it from
     with pytest.raises(VolumeError, match="max_checks"):
         check_support_volumes(EchoQuery(16), [vols[0][0]], [vols[0][1]], max_checks=0)
+
+
+def _faint_ball_volume(seed: int):
+    """A ball at 30 % of the brightest voxel (a corner outlier): EchoQuery's probability
+    inside is 0.3, so the default cut 0.5 misses it and a lower cut finds it."""
+    image, label = _ball_volume(seed)
+    image = 0.3 * image
+    image[0, 0, 0] = 1.0
+    return image, label
+
+
+def test_the_cut_is_chosen_on_the_checked_volumes_and_applies_per_label():
+    from incontext.calibration import THRESHOLD_GRID
+    from incontext.volumes import segment_volume
+
+    vols = [_faint_ball_volume(s) for s in range(3)]
+    images, labels = [v[0] for v in vols], [v[1] for v in vols]
+    (check,) = check_support_volumes(EchoQuery(16), images, labels, axis=0,
+                                     thresholds=THRESHOLD_GRID)
+    assert check.threshold == 0.3  # the cut nearest 0.5 among those that find the ball
+    assert check.scores[0.5] == pytest.approx(0.0) and check.dice > 0.9
+    query, truth = _faint_ball_volume(7)
+    at_half = segment_volume(EchoQuery(16), query, images, labels, axis=0)
+    at_cut = segment_volume(EchoQuery(16), query, images, labels, axis=0,
+                            threshold=[check.threshold])
+    assert not (at_half.mask == 1)[truth == 1].any()  # only the outlier voxel is found
+    assert (at_cut.mask == 1)[truth == 1].all()
+    with pytest.raises(VolumeError, match="one per label"):
+        segment_volume(EchoQuery(16), query, images, labels, axis=0, threshold=[0.3, 0.4])
+    with pytest.raises(VolumeError, match="thresholds must lie"):
+        check_support_volumes(EchoQuery(16), images, labels, thresholds=(0.0,))

@@ -70,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "default: all supports")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
-                        "segmenting supports from the others (default: auto for 2D images, "
-                        "0.5 for volumes)")
+                        "segmenting supports from the others (for volumes: whole support "
+                        "volumes, as --check-supports) (default: auto for 2D images, 0.5 for "
+                        "volumes)")
     p.add_argument("--modality", choices=("ct", "mr", "other"), default="other",
                    help="intensity normalisation: CT window, MR percentile clipping, or "
                         "min-max (default other)")

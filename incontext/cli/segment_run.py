@@ -179,9 +179,6 @@ def _run(args: argparse.Namespace) -> int:
         queries, supports, wanted, window, out = _prepare(args)
     except ImageReadError as exc:
         raise CLIError(str(exc)) from None
-    if supports.ndim == 3 and args.threshold == "auto":
-        raise CLIError("--threshold auto is for 2D images; give a number for volumes "
-                       "(e.g. --threshold 0.5)")
     if supports.ndim == 3 and getattr(args, "colour", None) not in (None, "luma"):
         raise CLIError("--colour is for 2D colour images; volumes are grey (leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
@@ -202,8 +199,12 @@ def _run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        if supports.ndim == 3 and getattr(args, "check_supports", False):
+        volume_cuts = None  # volumes with --threshold auto: one cut per label, from the check
+        if supports.ndim == 3 and (getattr(args, "check_supports", False)
+                                   or args.threshold == "auto"):
             choices = _check_volumes(model, supports, wanted, window, args, progress)
+            if args.threshold == "auto":
+                volume_cuts = [c.cut for c in choices]
         files_task = progress.add_task("files", total=len(queries))
         slices_task = progress.add_task("slices", total=None)
         for query_path in queries:
@@ -217,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
                 continue
             if supports.ndim == 3:
                 mask, unc, slices, axes = _segment_3d(model, query, supports, wanted, window,
-                                                      args, progress, slices_task)
+                                                      args, progress, slices_task, volume_cuts)
             else:
                 # the first file also pays the once-per-run checks on the supports
                 progress.update(slices_task, total=1, completed=0,
@@ -277,7 +278,9 @@ def _volume_axis(args, supports: SupportSet) -> int:
 
 def _check_volumes(model, supports: SupportSet, wanted, window, args,
                    progress) -> list[LabelChoice]:
-    """``--check-supports`` for volumes: support volumes segmented from the others."""
+    """``--check-supports`` (or ``--threshold auto``) for volumes: support volumes segmented
+    from the others, which also choose each label's cut when it is auto."""
+    from incontext.calibration import THRESHOLD_GRID
     from incontext.volume_check import check_support_volumes
 
     task = progress.add_task("support checks", total=None)
@@ -290,16 +293,17 @@ def _check_volumes(model, supports: SupportSet, wanted, window, args,
     checks = check_support_volumes(
         model, supports.images, supports.labels, labels=wanted, seed=args.seed,
         axis=_volume_axis(args, supports), planes=args.planes, ensemble=args.ensemble,
-        support_size=args.support_size, threshold=args.threshold,
+        support_size=args.support_size,
+        thresholds=THRESHOLD_GRID if args.threshold == "auto" else (float(args.threshold),),
         batch_size=args.batch_size, modality=args.modality, window=window, tiles=args.tiles,
         tta=args.tta, progress=advance)
     progress.update(task, total=done[0])
-    return [LabelChoice(c.label, args.tiles, args.threshold, "grey", c.dice, c.volumes)
+    return [LabelChoice(c.label, args.tiles, c.threshold, "grey", c.dice, c.volumes)
             for c in checks]
 
 
 def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window, args,
-                progress, task):
+                progress, task, cuts: list[float] | None = None):
     from incontext.volumes import segment_volume
 
     axis = _volume_axis(args, supports)
@@ -309,8 +313,9 @@ def _segment_3d(model, query: LoadedImage, supports: SupportSet, wanted, window,
     result = segment_volume(
         model, query.data, supports.images, supports.labels, labels=wanted, axis=axis,
         planes=args.planes, ensemble=args.ensemble, support_size=args.support_size,
-        threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-        modality=args.modality, window=window, tiles=args.tiles, tta=args.tta,
+        threshold=cuts if cuts is not None else args.threshold, seed=args.seed,
+        batch_size=args.batch_size, modality=args.modality, window=window, tiles=args.tiles,
+        tta=args.tta,
         progress=lambda n: progress.advance(task, n))
     return result.mask, result.uncertainty, total // max(len(wanted), 1), axes
 
