@@ -74,6 +74,18 @@ def add_volume_options(parser: argparse.ArgumentParser, json_default: Path, quer
     parser.add_argument("--json", default=str(json_default))
 
 
+def volume_setup(doc: str, json_default: Path, queries: int, draws: int,
+                 argv: list[str] | None):
+    """Parse a volume script's options; return (args, the dataset's labelled volumes, model)."""
+    import incontext
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_volume_options(parser, json_default, queries=queries, draws=draws)
+    args = parser.parse_args(argv)
+    model = incontext.load_model(args.model) if args.model else incontext.load_model()
+    return args, labelled_volumes(args.dataset), model
+
+
 def volume_draw(pairs: list[tuple[Path, Path]], draw: int, supports: int, queries: int):
     """Draw ``draw``'s support volumes (images, label maps, the default slicing axis, their
     files) and its query (image, label) files, disjoint, from a seeded permutation."""

@@ -18,7 +18,6 @@ estimate at 0.5 and the query Dice at both cuts; writes results/volume_check.jso
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,24 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_volume_options, labelled_volumes, volume_draw, write_json  # noqa: E402
+from pool_tasks import volume_draw, volume_setup, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_volume_options(parser, RESULTS / "volume_check.json", queries=4, draws=4)
-    args = parser.parse_args(argv)
+    args, pairs, model = volume_setup(__doc__, RESULTS / "volume_check.json", 4, 4, argv)
 
     import numpy as np
 
-    import incontext
     from incontext.calibration import THRESHOLD_GRID
     from incontext.io import load_image
     from incontext.volume_check import check_support_volumes, volume_dice
     from incontext.volumes import segment_volume
 
-    pairs = labelled_volumes(args.dataset)
-    model = incontext.load_model(args.model) if args.model else incontext.load_model()
     rows = []
     for draw in range(args.draws):
         start = time.perf_counter()

@@ -22,7 +22,6 @@ results/volume_settings.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -31,24 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_volume_options, labelled_volumes, volume_draw, write_json  # noqa: E402
+from pool_tasks import volume_draw, volume_setup, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_volume_options(parser, RESULTS / "volume_settings.json", queries=3, draws=3)
-    args = parser.parse_args(argv)
+    args, pairs, model = volume_setup(__doc__, RESULTS / "volume_settings.json", 3, 3, argv)
 
     import numpy as np
 
-    import incontext
     from incontext.io import load_image
     from incontext.metrics import mask_scores
     from incontext.postprocess import postprocess
     from incontext.volumes import segment_volume
 
-    pairs = labelled_volumes(args.dataset)
-    model = incontext.load_model(args.model) if args.model else incontext.load_model()
     runs = {"default": {}, "planes3": {"planes": 3}, "support32": {"support_size": 32}}
     rows = []
     for draw in range(args.draws):
