@@ -109,10 +109,9 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]
     for c in low:
-        console.print(f"note: label {c.label} reaches Dice {c.support_dice:.2f} on the "
-                      f"supports: expect about as much on the queries and check the masks; "
-                      f"more (or more varied) supports, or --tiles 2 for thin structures, "
-                      f"may help")
+        console.print(f"note: label {c.label} reaches Dice {c.support_dice:.2f} on supports "
+                      f"segmented from the others: check its masks; more (or more varied) "
+                      f"supports, or --tiles 2 for thin structures, may help")
 
 
 def write_report(path: Path, report: RunReport) -> Path:
