@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from incontext.io import ImageReadError, file_kind, load_image, strip_image_suffix
-from incontext.io.supports import LABEL_SUFFIXES, NNUNET_CHANNEL, as_label_map
+from incontext.io import ImageReadError, file_kind, load_image
+from incontext.io.files import case_name
+from incontext.io.supports import as_label_map, label_names
 from incontext.metrics import mask_scores, summarize
 
 METRICS = ("dice", "iou", "hd95", "assd")
@@ -76,30 +77,20 @@ def _files(folder: Path, what: str) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and file_kind(p) is not None)
 
 
-def _case_key(path: Path) -> str:
-    stem = strip_image_suffix(path)
-    if stem.endswith(NNUNET_CHANNEL) and len(stem) > len(NNUNET_CHANNEL):
-        stem = stem[:-len(NNUNET_CHANNEL)]
-    return stem
-
-
 def match_files(predictions: str | os.PathLike, truths: str | os.PathLike) -> Evaluation:
     """Pair prediction files with ground-truth files by case name (module docstring)."""
     pred_dir, truth_dir = Path(predictions), Path(truths)
     by_case: dict[str, Path] = {}
     for p in _files(pred_dir, "--pred"):
-        key = _case_key(p)
+        key = case_name(p)
         if key.lower().endswith(PREVIEW_SUFFIXES):
             continue
         if key not in by_case or file_kind(p) == "nifti":  # the NIfTI wins over the PNG
             by_case[key] = p
     truth_by_case: dict[str, Path] = {}
     for t in _files(truth_dir, "--truth"):
-        key = _case_key(t)
-        truth_by_case.setdefault(key, t)
-        for suffix in LABEL_SUFFIXES:
-            if key.lower().endswith(suffix):
-                truth_by_case.setdefault(key[:-len(suffix)], t)
+        for key in label_names(case_name(t)):
+            truth_by_case.setdefault(key, t)
     pairs = {case: ScoredPair(p, truth_by_case[case]) for case, p in by_case.items()
              if case in truth_by_case}
     if not pairs:
@@ -137,7 +128,7 @@ def score_pair(pair: ScoredPair, labels: Sequence[int] | None = None) -> FileSco
         spacing = None
     values = labels if labels is not None else sorted(
         {int(v) for v in np.unique(truth) if v} | {int(v) for v in np.unique(pred) if v})
-    out = FileScores(_case_key(pair.prediction), pair.prediction, pair.truth, truth.shape,
+    out = FileScores(case_name(pair.prediction), pair.prediction, pair.truth, truth.shape,
                      "mm" if spacing is not None else "px")
     for v in values:
         p, t = pred == v, truth == v

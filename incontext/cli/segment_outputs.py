@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from incontext.cli import CLIError
-from incontext.io import LoadedImage, file_kind, strip_image_suffix, write_nifti_like, write_png
+from incontext.io import LoadedImage, file_kind, write_nifti_like, write_png
+from incontext.io.files import case_name
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
@@ -22,12 +23,10 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
 
 
 def output_stem(query: Path) -> str:
-    """Output name stem: the query's stem, nnU-Net ``_0000`` channel suffix removed (NIfTI
-    and 2D images alike, as nnU-Net names its predictions)."""
-    stem = strip_image_suffix(query)
-    if stem.endswith("_0000") and len(stem) > 5:
-        stem = stem[:-5]
-    return stem
+    """Output name stem: the query's case name (:func:`incontext.io.files.case_name`: the
+    nnU-Net ``_0000`` channel suffix removed, NIfTI and 2D images alike, as nnU-Net names
+    its predictions)."""
+    return case_name(query)
 
 
 def planned_outputs(query: Path, out: Path, ndim: int, args: argparse.Namespace) -> list[Path]:

@@ -36,6 +36,15 @@ def strip_image_suffix(name: str | os.PathLike) -> str:
     return Path(name).stem
 
 
+def case_name(path: str | os.PathLike) -> str:
+    """A file's case name: its stem without the image suffix and without nnU-Net's
+    ``_0000`` channel suffix (how ``segment`` names outputs and ``evaluate`` pairs files)."""
+    stem = strip_image_suffix(path)
+    if stem.endswith("_0000") and len(stem) > 5:
+        stem = stem[:-5]
+    return stem
+
+
 def _has_glob(spec: str) -> bool:
     return any(c in spec for c in "*?[")
 

@@ -83,14 +83,19 @@ def _nnunet_pairs(root: Path) -> list[SupportPair]:
     return pairs
 
 
+def label_names(stem: str) -> list[str]:
+    """The names a label file's stem can match: itself, and without a ``_mask`` /
+    ``_label`` / ``_seg`` / ``_gt`` suffix (``a_mask`` -> ``a_mask``, ``a``)."""
+    return [stem] + [stem[: -len(s)] for s in LABEL_SUFFIXES if stem.lower().endswith(s)]
+
+
 def _folder_pairs(images_dir: Path, labels_dir: Path) -> list[SupportPair]:
     labels: dict[str, Path] = {}
     for p in _image_files(labels_dir):
         stem = strip_image_suffix(p)
         labels[stem] = p
-        for suffix in LABEL_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                labels.setdefault(stem[: -len(suffix)], p)
+        for name in label_names(stem)[1:]:
+            labels.setdefault(name, p)
     pairs, unlabeled = [], []
     for img in _image_files(images_dir):
         label = labels.get(strip_image_suffix(img))
