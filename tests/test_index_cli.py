@@ -110,3 +110,52 @@ def test_merge_and_manifest(built, tmp_path, capsys):
 def test_recipes_listing(capsys):
     assert run("recipes") == 0
     assert "png-pairs" in capsys.readouterr().out.split()
+
+
+def test_subset_keeps_first_rows_of_chosen_splits(tmp_path, capsys):
+    src = write_png_pairs(tmp_path / "src3", n=14, seed=5)
+    full = tmp_path / "full.h5"
+    assert run("build", "png-pairs", "--source", str(src), "--out", str(full), "--size", "16",
+               "--no-progress", "--option", "dataset=gamma") == 0
+    small = tmp_path / "small.h5"
+    assert run("subset", str(full), str(small), "--splits", "train,val",
+               "--max-slices", "train=3", "--drop-colour") == 0
+    assert "gamma 3/" in capsys.readouterr().out
+    assert run("validate", str(small)) == 0
+    with h5py.File(full, "r") as f, h5py.File(small, "r") as g:
+        a, b = f["datasets/gamma"], g["datasets/gamma"]
+        assert "colour" in a and "colour" not in b
+        split = a["split"][()]
+        rows = sorted([*list((split == 0).nonzero()[0][:3]), *list((split == 1).nonzero()[0])])
+        assert list(b["split"][()]) == [split[r] for r in rows]
+        assert (b["images"][()] == a["images"][()][rows]).all()
+        assert (b["masks"][()] == a["masks"][()][rows]).all()
+        assert b.attrs["n_subjects"] == len(rows) < a.attrs["n_subjects"]
+        assert b["images"].chunks[0] == 1 and b["images"].compression == a["images"].compression
+    kept = tmp_path / "kept.h5"
+    assert run("subset", str(full), str(kept)) == 0  # defaults keep everything, colour too
+    with h5py.File(full, "r") as f, h5py.File(kept, "r") as g:
+        assert (g["datasets/gamma/colour"][()] == f["datasets/gamma/colour"][()]).all()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--splits", "train,tset"], "unknown split"),
+    (["--splits", "train", "--max-slices", "val=2"], "not kept"),
+    (["--max-slices", "val"], "SPLIT=K"),
+    (["--splits", "test", "--max-slices", "test=0"], "no slices"),
+])
+def test_subset_bad_options_name_the_problem(built, tmp_path, capsys, options, message):
+    out = tmp_path / "bad.h5"
+    assert run("subset", str(built), str(out), *options) != 0
+    err = capsys.readouterr().err
+    assert message in err
+    assert not out.exists() and not list(tmp_path.glob(".bad.h5.*"))
+
+
+def test_subset_refuses_missing_input_and_overwriting_it(built, tmp_path, capsys):
+    assert run("subset", str(tmp_path / "none.h5"), str(tmp_path / "o.h5")) == 1
+    assert "none.h5" in capsys.readouterr().err
+    before = built.read_bytes()
+    assert run("subset", str(built), str(built), "--splits", "train") == 1
+    assert "also the input" in capsys.readouterr().err
+    assert built.read_bytes() == before

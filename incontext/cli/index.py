@@ -1,4 +1,4 @@
-"""incontext index: build, inspect, validate and merge task indexes.
+"""incontext index: build, inspect, validate, merge and subset task indexes.
 
     incontext index build RECIPE --source DIR --out FILE [--size 128] [--workers N]
                           [--slices midslice,maxslice|all] [--on-error skip|stop]
@@ -6,6 +6,7 @@
     incontext index info FILE [--json]
     incontext index validate FILE
     incontext index merge OUT IN [IN ...] | --manifest OUT.json IN [IN ...]
+    incontext index subset IN OUT [--splits train,val] [--max-slices val=24] [--drop-colour]
     incontext index recipes
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 def register(subparsers) -> None:
     """Add the ``index`` subcommand and its sub-subcommands."""
-    parser = subparsers.add_parser("index", help="build, inspect, validate, merge task indexes",
+    parser = subparsers.add_parser("index", help="build, inspect, validate, merge, subset task indexes",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION")
@@ -59,6 +60,17 @@ def register(subparsers) -> None:
     m.add_argument("--manifest", action="store_true",
                    help="write a JSON manifest listing the inputs instead of copying")
     m.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("subset", help="a smaller copy: chosen splits, capped slices, no colour")
+    s.add_argument("input", type=Path, help="input .h5 index")
+    s.add_argument("out", type=Path, help="output .h5 index")
+    s.add_argument("--splits", default="train,val,test",
+                   help="splits kept, comma-separated (default train,val,test)")
+    s.add_argument("--max-slices", action="append", default=[], metavar="SPLIT=K",
+                   help="keep at most the first K slices of SPLIT per dataset; repeatable")
+    s.add_argument("--drop-colour", action="store_true",
+                   help="leave out the stored R, G, B (the grey images stay)")
+    s.set_defaults(func=cmd_subset)
 
     r = sub.add_parser("recipes", help="list available recipes")
     r.set_defaults(func=cmd_recipes)
@@ -177,6 +189,33 @@ def cmd_merge(args: argparse.Namespace) -> int:
     else:
         merge(args.inputs, args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    from incontext.data.index_format import summarize
+    from incontext.data.index_subset import subset_index
+
+    caps = {}
+    for pair in args.max_slices:
+        split, sep, k = pair.partition("=")
+        if not sep or not k.strip().isdigit():
+            print(f"error: --max-slices {pair!r}: expected SPLIT=K, e.g. val=24", file=sys.stderr)
+            return 2
+        caps[split.strip()] = int(k)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not args.input.is_file():
+        print(f"error: {args.input}: no such index file", file=sys.stderr)
+        return 1
+    try:
+        subset_index(args.input, args.out, splits=splits, max_slices=caps,
+                     drop_colour=args.drop_colour)
+    except ValueError as exc:  # IndexFormatError included
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = [f"{d['name']} {'/'.join(str(d['slices'][s]) for s in ('train', 'val', 'test'))}"
+              for d in summarize(args.out)["datasets"]]
+    print(f"wrote {args.out} (slices train/val/test: {'; '.join(counts)})")
     return 0
 
 
