@@ -43,6 +43,7 @@ def register(subparsers) -> None:
                    help="recipe option; VALUE is parsed as JSON when it can be")
     b.add_argument("--options", type=Path, help="recipe options from a .json or .toml file")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_overwrite(b)
     b.set_defaults(func=cmd_build)
 
     i = sub.add_parser("info", help="datasets, tasks and counts of an index")
@@ -59,6 +60,7 @@ def register(subparsers) -> None:
     m.add_argument("inputs", nargs="+", type=Path, help="input .h5 files or manifests")
     m.add_argument("--manifest", action="store_true",
                    help="write a JSON manifest listing the inputs instead of copying")
+    _add_overwrite(m)
     m.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("subset", help="a smaller copy: chosen splits, capped slices, no colour")
@@ -70,10 +72,27 @@ def register(subparsers) -> None:
                    help="keep at most the first K slices of SPLIT per dataset; repeatable")
     s.add_argument("--drop-colour", action="store_true",
                    help="leave out the stored R, G, B (the grey images stay)")
+    _add_overwrite(s)
     s.set_defaults(func=cmd_subset)
 
     r = sub.add_parser("recipes", help="list available recipes")
     r.set_defaults(func=cmd_recipes)
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (default: refuse)")
+
+
+def check_new_output(out: Path, overwrite: bool) -> None:
+    """ValueError naming ``out`` when it is a folder, or an existing file without
+    ``--overwrite`` (an index already written is never replaced by mistake)."""
+    from incontext.data.index_format import check_output_path
+
+    check_output_path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace it, or choose "
+                         "another output name")
 
 
 def parse_options(pairs: list[str], path: Path | None) -> dict[str, Any]:
@@ -108,6 +127,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     try:
+        if args.out.exists() and not args.out.is_dir() and not args.overwrite:
+            raise BuildError(f"{args.out}: already exists; pass --overwrite to replace it, "
+                             "or choose another --out")
         report = build_index(
             args.recipe, args.source, args.out, size=args.size, workers=args.workers,
             slices=args.slices, on_error=args.on_error, dtype=args.dtype,
@@ -178,6 +200,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from incontext.data.index_format import merge, resolve_paths, validate, write_manifest
 
+    check_new_output(args.out, args.overwrite)
     if args.manifest:
         shards = resolve_paths(args.inputs)
         problems = validate(shards)
@@ -208,6 +231,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
         print(f"error: {args.input}: no such index file", file=sys.stderr)
         return 1
     try:
+        if not (args.out.exists() and args.out.resolve() == args.input.resolve()):
+            check_new_output(args.out, args.overwrite)  # (output = input: subset_index says)
         subset_index(args.input, args.out, splits=splits, max_slices=caps,
                      drop_colour=args.drop_colour)
     except ValueError as exc:  # IndexFormatError included

@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.validate_json is not None:
         raise ValueError("--validate-json needs --validate MODEL ...")
+    if args.config is not None:
+        from incontext.training.config import read_config_text
+
+        read_config_text(args.config)  # a folder or binary file: say so before anything else
     text_resume = args.resume is not None and is_text_run(args.resume)
     text_config = args.config is not None and is_text_config(args.config)
     if (text_resume or text_config) and args.time_limit is not None:
@@ -95,12 +99,24 @@ def _validate(args: argparse.Namespace) -> int:
         raise ValueError("--validate needs --config CONFIG.toml (its validation episodes)")
     if args.resume is not None or args.out is not None or args.time_limit is not None:
         raise ValueError("--validate trains nothing: drop --resume, --out and --time-limit")
+    if args.validate_json is not None:
+        _check_json_output(args.validate_json)  # before the work, not after it
     results = validate_weights(args.config, args.validate, args.index,
                                progress=not args.no_progress)
     print_validation(results)
     if args.validate_json is not None:
         write_validation(results, args.validate_json)
     return 0
+
+
+def _check_json_output(path: Path) -> None:
+    """ValueError naming ``path`` when a file cannot be written there."""
+    from incontext.atomic import check_output_folder
+
+    if path.is_dir():
+        raise ValueError(f"--validate-json {path}: is a folder; give a file name, e.g. "
+                         f"{path / 'validation.json'}")
+    check_output_folder(path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

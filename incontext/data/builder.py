@@ -262,8 +262,13 @@ def build_index(
         modes = parse_slices(slices)
     except ValueError as exc:
         raise BuildError(str(exc)) from None
+    if int(workers) < 0:
+        raise BuildError(f"workers must be 0 (all cores) or more, got {workers}")
     if not source.exists():
         raise BuildError(f"{source}: source not found")
+    if out.is_dir():
+        raise BuildError(f"{out}: is a folder; give the output index file name, e.g. "
+                         f"{out / 'index.h5'}")
     try:
         check_output_folder(out.parent)  # created below when missing
     except OutputFolderError as exc:

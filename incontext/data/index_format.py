@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from incontext.atomic import atomic_write_text
+from incontext.atomic import atomic_write_text, check_output_folder
 
 FORMAT = "incontext-index"
 SCHEMA_VERSION = 1
@@ -69,12 +69,17 @@ def json_attr(value) -> str:
 
 
 def read_json_attr(group: h5py.Group, key: str, default=None):
+    """A JSON-encoded attribute; IndexFormatError naming the file and group when malformed."""
     raw = group.attrs.get(key)
     if raw is None:
         return default
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    return json.loads(raw)
+    try:
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{group.file.filename}: {group.name} attribute {key!r} is "
+                               f"not valid JSON ({exc})") from None
 
 
 def decode_strings(values: np.ndarray) -> np.ndarray:
@@ -95,6 +100,9 @@ def resolve_paths(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]
         path = Path(item)
         if not path.exists():
             raise FileNotFoundError(f"{path}: index file not found")
+        if path.is_dir():
+            raise IndexFormatError(f"{path}: is a folder, not an index file (.h5) or manifest "
+                                   "(.json)")
         if path.suffix.lower() == ".json":
             out.extend(read_manifest(path))
         else:
@@ -119,6 +127,8 @@ def read_manifest(path: Path) -> list[Path]:
     for shard in paths:
         if not shard.exists():
             raise FileNotFoundError(f"{path}: shard {shard} not found")
+        if shard.is_dir():
+            raise IndexFormatError(f"{path}: shard {shard} is a folder, not an index file")
     return paths
 
 
@@ -203,12 +213,45 @@ def group_attrs(group: h5py.Group) -> dict:
 
 
 def read_group_meta(path: Path, group: h5py.Group) -> GroupMeta:
-    """Read a dataset group's per-slice metadata and attributes."""
+    """Read a dataset group's per-slice metadata and attributes (checked for consistency)."""
     attrs = group_attrs(group)
     missing = [k for k in PER_SLICE if k not in group]
     if missing:
         raise IndexFormatError(f"{path}: group {group.name} lacks {missing}")
-    log = [json.loads(s) for s in decode_strings(group["log"][()])] if "log" in group else []
+    try:
+        meta = _read_meta_arrays(path, group, attrs)
+        log = [json.loads(s) for s in decode_strings(group["log"][()])] if "log" in group else []
+    except (OSError, TypeError, ValueError) as exc:
+        if isinstance(exc, IndexFormatError):
+            raise
+        raise IndexFormatError(f"{path}: group {group.name} cannot be read ({exc}); "
+                               "run `incontext index validate`") from None
+    meta.log = log
+    _check_meta(meta, group)
+    return meta
+
+
+def _check_meta(meta: GroupMeta, group: h5py.Group) -> None:
+    """Shapes and codes that the task table relies on; IndexFormatError naming the file."""
+    n, n_labels = meta.size, len(meta.label_names)
+    where = f"{meta.path}: group {group.name}"
+    shapes = {"subject": meta.subject.shape, "sub_dataset": meta.sub_dataset.shape,
+              "plane": meta.plane.shape, "selected": meta.selected.shape,
+              "foreground": meta.foreground.shape, "spacing": meta.spacing.shape,
+              "images": group["images"].shape[:1], "masks": group["masks"].shape[:2]}
+    expect = {"subject": (n,), "sub_dataset": (n,), "plane": (n,), "selected": (n, n_labels + 1),
+              "foreground": (n, n_labels), "spacing": (n, 2), "images": (n,),
+              "masks": (n, n_labels)}
+    bad = [f"{k} {shapes[k]} (expected {expect[k]})" for k in expect if shapes[k] != expect[k]]
+    if bad:
+        raise IndexFormatError(f"{where}: array shapes disagree: {'; '.join(bad)}")
+    if n and meta.split.max() >= len(SPLITS):
+        raise IndexFormatError(f"{where}: split codes outside 0..{len(SPLITS) - 1}")
+    if n and meta.plane.max() >= len(PLANES):
+        raise IndexFormatError(f"{where}: plane codes outside 0..{len(PLANES) - 1}")
+
+
+def _read_meta_arrays(path: Path, group: h5py.Group, attrs: dict) -> GroupMeta:
     return GroupMeta(
         path=Path(path),
         name=str(attrs.get("name", group.name.rsplit("/", 1)[-1])),
@@ -221,7 +264,7 @@ def read_group_meta(path: Path, group: h5py.Group) -> GroupMeta:
         selected=group["selected"][()].astype(bool),
         foreground=group["foreground"][()].astype(np.int64),
         spacing=group["spacing"][()].astype(np.float32),
-        log=log,
+        log=[],
     )
 
 
@@ -303,7 +346,10 @@ def validate(path_or_paths) -> list[str]:
                 if key in seen:
                     problems.append(f"{where}: dataset also in {seen[key]}")
                 seen[key] = path
-                problems.extend(_validate_group(where, path, f["datasets"][key]))
+                try:
+                    problems.extend(_validate_group(where, path, f["datasets"][key]))
+                except OSError as exc:
+                    problems.append(f"{where}: cannot be read ({exc}); the file is damaged")
     return problems
 
 
@@ -315,6 +361,8 @@ def _validate_group(where: str, path: Path, g: h5py.Group) -> list[str]:
     try:
         labels = read_json_attr(g, "label_names", [])
         json.loads(g.attrs.get("preprocessing", "{}"))
+    except IndexFormatError as exc:
+        return problems + [str(exc)]
     except (json.JSONDecodeError, TypeError) as exc:
         return problems + [f"{where}: attribute is not valid JSON ({exc})"]
     n = g["images"].shape[0]
@@ -351,29 +399,52 @@ def _validate_group(where: str, path: Path, g: h5py.Group) -> list[str]:
     leaking = [s for s, sps in by_subject.items() if len(sps) > 1]
     if leaking:
         problems.append(f"{where}: subjects in several splits: {leaking[:5]}")
-    fg = g["foreground"][()]
-    chunk = 256
-    for start in range(0, n, chunk):
-        m = g["masks"][start:start + chunk]
-        if m.size and m.max() > 1:
-            problems.append(f"{where}: masks hold values other than 0/1 near row {start}")
-            break
-        if not np.array_equal(m.reshape(m.shape[0], L, -1).sum(-1), fg[start:start + chunk]):
-            problems.append(f"{where}: foreground counts disagree with masks near row {start}")
-            break
-        if img.dtype == np.float16:
-            x = img[start:start + chunk].astype(np.float32)
-            if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-                problems.append(f"{where}: float16 images outside [0, 1] near row {start}")
-                break
+    problems.extend(_validate_pixels(where, g, n, L))
     if "colour" in g:
         col = g["colour"]
         if col.shape != (n, 3, *img.shape[1:]) or col.dtype != img.dtype:
             problems.append(f"{where}: colour must be (N, 3, S, S) of the images' dtype "
                             f"{img.dtype}, got {col.shape} {col.dtype}")
+        else:
+            problems.extend(_unreadable(where, col, "colour", n))
     if img.chunks is not None and img.chunks[0] != 1:
         problems.append(f"{where}: images must be chunked one slice per chunk, got {img.chunks}")
     return problems
+
+
+VALIDATE_CHUNK = 256  # rows read at a time by validate
+
+
+def _unreadable(where: str, dset: h5py.Dataset, name: str, n: int) -> list[str]:
+    """A problem naming the first block of ``dset`` whose data cannot be read (damaged file)."""
+    for start in range(0, n, VALIDATE_CHUNK):
+        try:
+            dset[start:start + VALIDATE_CHUNK]
+        except OSError as exc:
+            return [f"{where}: {name} cannot be read near row {start} ({exc}); the file is "
+                    "damaged: rebuild or copy it again"]
+    return []
+
+
+def _validate_pixels(where: str, g: h5py.Group, n: int, n_labels: int) -> list[str]:
+    """Masks are 0/1 and match the foreground counts; images are readable and in range."""
+    img, fg = g["images"], g["foreground"][()]
+    for start in range(0, n, VALIDATE_CHUNK):
+        stop = start + VALIDATE_CHUNK
+        try:
+            m, x = g["masks"][start:stop], img[start:stop]
+        except OSError as exc:
+            return [f"{where}: images or masks cannot be read near row {start} ({exc}); the "
+                    "file is damaged: rebuild or copy it again"]
+        if m.size and m.max() > 1:
+            return [f"{where}: masks hold values other than 0/1 near row {start}"]
+        if not np.array_equal(m.reshape(m.shape[0], n_labels, -1).sum(-1), fg[start:stop]):
+            return [f"{where}: foreground counts disagree with masks near row {start}"]
+        if img.dtype == np.float16:
+            x = x.astype(np.float32)
+            if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+                return [f"{where}: float16 images outside [0, 1] near row {start}"]
+    return []
 
 
 # --------------------------------------------------------------------------- merge
@@ -387,9 +458,7 @@ def merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     paths = resolve_paths(list(inputs))
     if any(p.resolve() == out.resolve() for p in paths if out.exists()):
         raise IndexFormatError(f"{out}: output is also an input")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_output(out)
     try:
         with h5py.File(tmp, "w") as dst:
             write_root_attrs(dst)
@@ -406,6 +475,28 @@ def merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def check_output_path(out: Path) -> None:
+    """Raise IndexFormatError (or OutputFolderError) unless an index file can be written at
+    ``out``: not a folder, in a folder that exists or can be created and is writable."""
+    if out.is_dir():
+        raise IndexFormatError(f"{out}: is a folder; give the output index file name, e.g. "
+                               f"{out / 'index.h5'}")
+    check_output_folder(out.parent)
+
+
+def temporary_output(out: Path) -> Path:
+    """An empty temporary file beside ``out`` (folders created) with the permissions a new
+    file gets (not mkstemp's 0600); rename it to ``out`` when complete."""
+    check_output_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp_name, 0o666 & ~mask)
+    return Path(tmp_name)
 
 
 def write_root_attrs(f: h5py.File) -> None:

@@ -8,7 +8,6 @@ kept are those of the chosen splits, in index order, the first K of a capped spl
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from incontext.data.index_format import (
     IndexFormatError,
     decode_strings,
     open_h5,
+    read_group_meta,
+    temporary_output,
     write_root_attrs,
 )
 
@@ -57,7 +58,11 @@ def _check_options(splits: Sequence[str], max_slices: Mapping[str, int]) -> None
 
 
 def _copy_rows(src: h5py.Dataset, dst_group: h5py.Group, name: str, rows: np.ndarray) -> None:
-    data = src[rows] if rows.size else np.zeros((0, *src.shape[1:]), src.dtype)
+    try:
+        data = src[rows] if rows.size else np.zeros((0, *src.shape[1:]), src.dtype)
+    except OSError as exc:  # a damaged chunk of the input
+        raise IndexFormatError(f"{src.file.filename}: {src.name} cannot be read ({exc}); the "
+                               "file is damaged (see `incontext index validate`)") from None
     kwargs = {}
     if src.chunks is not None and data.shape[0] > 0:
         kwargs = {"chunks": (1, *src.chunks[1:]) if src.ndim >= 3 else True,
@@ -82,10 +87,7 @@ def subset_index(src: str | os.PathLike, out: str | os.PathLike, *,
     _check_options(splits, max_slices)
     if out.exists() and out.resolve() == src.resolve():
         raise IndexFormatError(f"{out}: output is also the input")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_output(out)
     try:
         with open_h5(src) as fin, h5py.File(tmp, "w") as fout:
             write_root_attrs(fout)
@@ -102,8 +104,7 @@ def subset_index(src: str | os.PathLike, out: str | os.PathLike, *,
 
 def _subset_group(path: Path, gin: h5py.Group, gout: h5py.Group, splits: Sequence[str],
                   max_slices: Mapping[str, int], drop_colour: bool) -> None:
-    if "split" not in gin:
-        raise IndexFormatError(f"{path}: group {gin.name} has no split array; not an index group")
+    read_group_meta(path, gin)  # a malformed group fails here, naming the input
     rows = subset_rows(gin["split"][()], splits, max_slices)
     if rows.size == 0:
         raise IndexFormatError(f"{path}: dataset {gin.name.rsplit('/', 1)[-1]!r} has no slices "

@@ -182,6 +182,17 @@ class TaskIndex:
 
     def _read(self, gi: int, what: str, label: int, rows: np.ndarray) -> np.ndarray:
         """Rows of images (what="images") or of one label's masks, cached when they fit."""
+        try:
+            return self._read_rows(gi, what, label, rows)
+        except OSError as exc:  # a damaged chunk: name the file, not h5py's internals
+            raise self._damaged(gi, what, exc) from None
+
+    def _damaged(self, gi: int, what: str, exc: OSError) -> IndexFormatError:
+        path, key, _ = self._groups[gi]
+        return IndexFormatError(f"{path}: /datasets/{key}/{what} cannot be read ({exc}); the "
+                                "file is damaged (see `incontext index validate`)")
+
+    def _read_rows(self, gi: int, what: str, label: int, rows: np.ndarray) -> np.ndarray:
         key = (gi, what, label)
         cached = self._cache.get(key)
         if cached is None:
@@ -204,8 +215,11 @@ class TaskIndex:
     def _colour_rows(self, gi: int, rows: np.ndarray) -> np.ndarray:
         """(len(rows), 3, H, W) float32 R, G, B in [0, 1] of a dataset that stores them."""
         dset = self._file(gi)["colour"]
-        data = np.stack([dset[int(r)] for r in rows]) if rows.size else np.zeros(
-            (0, *dset.shape[1:]), dset.dtype)
+        try:
+            data = np.stack([dset[int(r)] for r in rows]) if rows.size else np.zeros(
+                (0, *dset.shape[1:]), dset.dtype)
+        except OSError as exc:
+            raise self._damaged(gi, "colour", exc) from None
         scale = np.float32(1 / 255) if data.dtype == np.uint8 else np.float32(1)
         return data.astype(np.float32) * scale
 

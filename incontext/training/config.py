@@ -197,15 +197,27 @@ class TrainConfig:
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a TOML training config."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} does not exist") from None
+    text = read_config_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return config_from_dict(data, source=str(path))
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; FileNotFoundError or ConfigError naming ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a TOML config is expected)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    return text
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -39,6 +39,7 @@ from incontext.models.universeg import UniverSeg, UniverSegConfig
 from incontext.training import distributed as dist_utils
 from incontext.training.augment import EpisodeAugmenter
 from incontext.training.checkpoint import (
+    WEIGHTS,
     capture_rng,
     load_checkpoint,
     restore_rng,
@@ -292,6 +293,10 @@ class Trainer:
             saved = run_dir / CONFIG_FILE
             if not saved.exists():
                 raise FileNotFoundError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
+            if not (run_dir / "last").exists():
+                raise ConfigError(f"{run_dir}: no checkpoint to resume (the run stopped before "
+                                  "its first one); start it again with --config and another "
+                                  "--out, or remove this folder first")
             cfg = load_config(saved)
             if config is not None:
                 given = config if isinstance(config, TrainConfig) else load_config(config)
@@ -312,6 +317,7 @@ class Trainer:
             if run_dir is None:
                 run_dir = dist_utils.broadcast_object(self.dist, _default_run_dir(cfg))
             run_dir = Path(run_dir)
+            _check_new_run_dir(run_dir)
             if (run_dir / "last").exists() or (run_dir / CONFIG_FILE).exists():
                 raise ConfigError(f"{run_dir} already holds a run; resume it with --resume "
                                   f"{run_dir} or choose another --out")
@@ -642,15 +648,33 @@ def train(config: TrainConfig | str | Path | None, indexes: Sequence[str | Path]
     return trainer.run()
 
 
+def _check_new_run_dir(run_dir: Path) -> None:
+    """ConfigError unless a run directory can be created (or used) at ``run_dir``."""
+    from incontext.atomic import OutputFolderError, check_output_folder
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file, not a run directory; choose another --out")
+    try:
+        check_output_folder(run_dir)
+    except OutputFolderError as exc:
+        raise ConfigError(f"run directory {exc}") from None
+
+
 def _load_init_weights(model: nn.Module, path: str) -> None:
     """Copy the weights of a saved UniverSeg (same widths, any resolution) into ``model``.
 
     The network is fully convolutional, so weights trained at one resolution are a valid
     start at another (e.g. fine-tuning a 64-px model at 128 px).
     """
-    from incontext.models.io import load
+    from incontext.models.io import WeightsError, load
 
-    source = load(path)
+    if Path(path).is_dir():
+        raise ConfigError(f"model.init {path}: is a folder; give a .safetensors weights file "
+                          f"(e.g. {Path(path) / WEIGHTS})")
+    try:
+        source = load(path)
+    except WeightsError as exc:
+        raise ConfigError(f"model.init: {exc}") from None
     own, theirs = model.state_dict(), source.state_dict()
     if type(source) is not type(model) or own.keys() != theirs.keys() or any(
             own[k].shape != theirs[k].shape for k in own):
