@@ -77,20 +77,36 @@ def _files(folder: Path, what: str) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and file_kind(p) is not None)
 
 
+def _one_per_case(files: dict[str, list[Path]], what: str, folder: Path,
+                  cases: set[str] | None = None) -> dict[str, Path]:
+    """case -> its file; EvaluationError naming the files where a case (of ``cases``, default
+    all) has several. A NIfTI beside 2D files of the same case wins (module docstring)."""
+    chosen = {}
+    for case, paths in files.items():
+        nifti = [p for p in paths if file_kind(p) == "nifti"]
+        candidates = nifti or paths
+        if len(candidates) > 1 and (cases is None or case in cases):
+            raise EvaluationError(f"{what} {folder}: case {case!r} has several files, "
+                                  f"{candidates[0].name} and {candidates[1].name}; keep one "
+                                  "(or move the other out of the folder)")
+        chosen[case] = candidates[0]
+    return chosen
+
+
 def match_files(predictions: str | os.PathLike, truths: str | os.PathLike) -> Evaluation:
     """Pair prediction files with ground-truth files by case name (module docstring)."""
     pred_dir, truth_dir = Path(predictions), Path(truths)
-    by_case: dict[str, Path] = {}
+    preds: dict[str, list[Path]] = {}
     for p in _files(pred_dir, "--pred"):
         key = case_name(p)
-        if key.lower().endswith(PREVIEW_SUFFIXES):
-            continue
-        if key not in by_case or file_kind(p) == "nifti":  # the NIfTI wins over the PNG
-            by_case[key] = p
-    truth_by_case: dict[str, Path] = {}
+        if not key.lower().endswith(PREVIEW_SUFFIXES):
+            preds.setdefault(key, []).append(p)
+    by_case = _one_per_case(preds, "--pred", pred_dir)
+    truth_files: dict[str, list[Path]] = {}
     for t in _files(truth_dir, "--truth"):
         for key in label_names(case_name(t)):
-            truth_by_case.setdefault(key, t)
+            truth_files.setdefault(key, []).append(t)
+    truth_by_case = _one_per_case(truth_files, "--truth", truth_dir, set(by_case))
     pairs = {case: ScoredPair(p, truth_by_case[case]) for case, p in by_case.items()
              if case in truth_by_case}
     if not pairs:

@@ -95,12 +95,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from incontext.atomic import atomic_write_text, check_output_folder
+    from incontext.cli import CLIError
     from incontext.cli.segment_run import parse_labels
     from incontext.evaluation import match_files, score_matches
     from incontext.io.files import check_writable
 
     labels = parse_labels(args.labels)
     outputs = [Path(p) for p in (args.csv, args.json) if p]
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise CLIError(f"--csv and --json are the same file ({outputs[0]}); give two names")
     for path in outputs:  # before any work
         check_output_folder(path.parent if str(path.parent) else ".")
         check_writable(path, args.overwrite)

@@ -91,20 +91,32 @@ def _uncertainty_png(unc: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(top / 0.5, 0, 1) * 255).astype(np.uint8)
 
 
+def label_dtype(labels: Sequence[int]) -> type:
+    """The smallest unsigned type for label maps holding ``labels`` (PNG: 8 or 16 bit)."""
+    top = max(labels)
+    return np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32
+
+
+def check_label_range(labels: Sequence[int], ndim: int) -> None:
+    """CLIError before any work when ``labels`` cannot be stored in the output files."""
+    if min(labels) < 0:
+        raise CLIError(f"label values must be >= 0, got {min(labels)} (0 is background)")
+    if ndim == 2 and max(labels) > 65535:
+        raise CLIError(f"label value {max(labels)} does not fit a PNG label map (at most "
+                       "65535); choose smaller values with --labels or relabel the supports")
+
+
 def write_outputs(query: LoadedImage, mask: np.ndarray, uncertainty: np.ndarray,
                   labels: list[int], out: Path, args: argparse.Namespace) -> None:
     stem = output_stem(query.path)
     ow = args.overwrite
     nii = query.nifti
-    dtype = np.uint8 if max(labels) <= 255 and min(labels) >= 0 else np.int16
-    if max(labels) > 32767:
-        raise CLIError(f"label values up to {max(labels)} do not fit an int16 NIfTI")
+    dtype = label_dtype(labels)
     if nii is not None:
         write_nifti_like(out / f"{stem}.nii.gz", mask.reshape(nii.data.shape), nii, dtype=dtype,
                          overwrite=ow)
     if query.ndim == 2:
-        write_png(out / f"{stem}.png", mask.astype(np.uint16 if max(labels) > 255 else np.uint8),
-                  overwrite=ow)
+        write_png(out / f"{stem}.png", mask.astype(dtype), overwrite=ow)
     if args.overlays:
         rgb = (overlay_rgb(query.data, mask, labels) if query.ndim == 2
                else _volume_overlay(query.data, mask, labels))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from incontext.atomic import check_output_folder
 from incontext.cli import CLIError
-from incontext.cli.segment_outputs import planned_outputs, write_outputs
+from incontext.cli.segment_outputs import check_label_range, planned_outputs, write_outputs
 from incontext.cli.segment_report import (
     FileResult,
     LabelChoice,
@@ -41,6 +41,7 @@ from incontext.io import (
     list_image_files,
     load_image,
     probe_ndim,
+    require_finite,
 )
 from incontext.io.files import check_writable
 from incontext.postprocess import postprocess
@@ -134,6 +135,7 @@ def _prepare(args: argparse.Namespace):
     queries = list_image_files(args.query, "--query")
     supports = load_supports(args)
     wanted = check_support_labels(supports, labels)
+    check_label_range(wanted, supports.ndim)
     dims = {}
     for q in queries:
         dims[q] = probe_ndim(q)
@@ -210,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         for query_path in queries:
             start = time.perf_counter()
             try:
-                query = load_image(query_path)
+                query = require_finite(load_image(query_path))
             except ImageReadError as exc:  # its header was fine (checked before the work)
                 skipped.append(query_path)
                 progress.console.print(f"[red]skipped:[/] {escape(str(exc))}")

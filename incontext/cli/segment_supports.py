@@ -103,10 +103,49 @@ def load_supports(args: argparse.Namespace) -> SupportSet:
     return _load_file_supports(pairs)
 
 
+MAX_2D_LABELS = 64  # more values in one 2D label map: an image or an instance mask
+MAX_EDGE_VALUES = 6  # more values beside 255 in one mask: anti-aliased, resized or lossy
+WHITE = (255, 65535)  # the foreground of 8- / 16-bit binary masks
+
+
+def _values_text(values: set[int]) -> str:
+    shown = sorted(values)
+    return ", ".join(map(str, shown[:8])) + (", ..." if len(shown) > 8 else "")
+
+
+def _check_2d_label_values(names: list[str], present_per: list[set[int]]) -> None:
+    """CLIError for 2D label maps that are no label maps: many values (an image, an instance
+    mask), 255 (65535) beside many grey values (anti-aliased, resized or lossy masks), or
+    0/1 and 0/255 binary masks mixed. A few values (0/128/255) are labels and pass;
+    ``--labels`` skips this check."""
+    hint = ("give label maps with 0 = background and one value per structure, or choose "
+            "the values to segment with --labels")
+    pairs = list(zip(names, present_per, strict=True))
+    for name, values in pairs:
+        if len(values) > MAX_2D_LABELS:
+            raise CLIError(f"{name}: label map has {len(values)} different values; it looks "
+                           f"like an image or an instance mask, not a label map; {hint}")
+    for white in WHITE:
+        for name, values in pairs:
+            grey = values - {white}
+            if white in values and len(grey) > MAX_EDGE_VALUES:
+                raise CLIError(f"{name} has {white} and also {len(grey)} other values "
+                               f"({_values_text(grey)}): an anti-aliased, resized or "
+                               f"JPEG-compressed mask?; {hint}")
+        ones = [n for n, v in pairs if v == {1}]
+        whites = [n for n, v in pairs if v == {white}]
+        if ones and whites:
+            raise CLIError(f"support labels mix 0/1 and 0/{white} masks: {ones[0]} has 1, "
+                           f"{whites[0]} has {white}; {hint}")
+
+
 def check_support_labels(supports: SupportSet, labels: list[int] | None) -> list[int]:
-    """The label values to segment; errors for labels no support has, warnings per file."""
+    """The label values to segment; errors for labels no support has or for 2D label maps
+    that look wrong (unless ``labels`` are given), warnings per file."""
     present_per = [{int(v) for v in np.unique(lab) if v != 0} for lab in supports.labels]
     present = sorted(set().union(*present_per))
+    if labels is None and supports.ndim == 2:
+        _check_2d_label_values(supports.names, present_per)
     for name, values in zip(supports.names, present_per, strict=True):
         if not values:
             warnings.warn(f"{name}: support label has no foreground", stacklevel=2)

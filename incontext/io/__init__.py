@@ -14,7 +14,7 @@ from incontext.io.files import (
     strip_image_suffix,
 )
 from incontext.io.images import read_image, write_png
-from incontext.io.loading import LoadedImage, load_image, probe_ndim
+from incontext.io.loading import LoadedImage, load_image, probe_ndim, require_finite
 from incontext.io.nifti import NiftiImage, read_nifti, write_nifti_like
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "probe_ndim",
     "read_image",
     "read_nifti",
+    "require_finite",
     "strip_image_suffix",
     "write_nifti_like",
     "write_png",

@@ -92,7 +92,9 @@ def list_image_files(spec: str | os.PathLike, what: str = "query") -> list[Path]
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
-    """Raise OutputExistsError if ``path`` exists and ``overwrite`` is False."""
+    """Raise OutputExistsError if ``path`` is a folder, or exists and ``overwrite`` is False."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a folder, not a file; choose another output name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: output exists already (use --overwrite to replace it)")
 

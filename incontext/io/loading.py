@@ -55,6 +55,16 @@ def load_image(path: str | os.PathLike, *, as_label: bool = False) -> LoadedImag
     return LoadedImage(path, data, nii)
 
 
+def require_finite(image: LoadedImage) -> LoadedImage:
+    """``image`` unchanged; ImageReadError naming its file when it holds NaN or inf."""
+    data = image.data
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise ImageReadError(f"{image.path}: contains {bad} NaN/inf value(s); replace them "
+                             "(e.g. with the background intensity) first")
+    return image
+
+
 def probe_ndim(path: str | os.PathLike) -> int:
     """Spatial dimensionality (2 or 3) from the file header only (cheap); ImageReadError
     naming the file when that header cannot be read."""
@@ -72,6 +82,9 @@ def probe_ndim(path: str | os.PathLike) -> int:
         raise ImageReadError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if len(shape) > 3:
+        raise ImageReadError(f"{path}: {len(shape)}D image {shape}; give one 2D or 3D image "
+                             "(split multi-channel or time series first)")
     if len(shape) == 3 and shape[2] == 1:
         return 2
     return len(shape)

@@ -19,7 +19,7 @@ import numpy as np
 
 from incontext.io.errors import ImageReadError
 from incontext.io.files import file_kind, strip_image_suffix
-from incontext.io.loading import LoadedImage, load_image
+from incontext.io.loading import LoadedImage, load_image, require_finite
 
 LABEL_SUFFIXES = ("_mask", "_masks", "_label", "_labels", "_seg", "_gt")
 NNUNET_CHANNEL = "_0000"
@@ -156,6 +156,9 @@ def as_label_map(label: LoadedImage) -> np.ndarray:
         data = rounded.astype(np.int64)
     elif not np.issubdtype(data.dtype, np.integer):
         raise ImageReadError(f"{path}: unsupported label type {data.dtype}")
+    if data.size and data.min() < 0:
+        raise ImageReadError(f"{path}: negative label value {int(data.min())}; give a label "
+                             "map (0 = background, 1, 2, ... = structures)")
     if path.suffix.lower() in (".jpg", ".jpeg"):
         values = np.unique(data)
         if values.size > 2:
@@ -166,8 +169,9 @@ def as_label_map(label: LoadedImage) -> np.ndarray:
 
 
 def load_support(pair: SupportPair) -> LoadedSupport:
-    """Read one pair; shapes must match (error), NIfTI affines should (warning)."""
-    image = load_image(pair.image)
+    """Read one pair; shapes must match and the image be finite (errors), NIfTI affines
+    should match (warning)."""
+    image = require_finite(load_image(pair.image))
     label = load_image(pair.label, as_label=True)
     if image.ndim != label.ndim or image.data.shape != label.data.shape:
         raise ImageReadError(f"{pair.label}: label shape {label.data.shape} does not match its "
