@@ -229,7 +229,8 @@ def test_train_out_that_is_a_file(tmp_path, capsys):
 
 
 def test_train_init_weights_problems_name_the_key(tmp_path, capsys):
-    for init, needle in (("missing.safetensors", "not found"), ("folder", "is a folder")):
+    for init, needle in (("missing.safetensors", "not found"),
+                         ("folder", "a folder without model.safetensors")):
         (tmp_path / "folder").mkdir(exist_ok=True)
         config = tmp_path / "c.toml"
         config.write_text(TINY_CONFIG.format(init=f'init = "{tmp_path / init}"'))

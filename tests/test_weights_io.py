@@ -37,6 +37,17 @@ def test_save_load_round_trip(tmp_path):
     assert isinstance(load_model(str(path)), UniverSeg)
 
 
+def test_a_checkpoint_folder_loads_its_weights(tmp_path):
+    model = _small()
+    best = tmp_path / "run" / "best"
+    save(model, best / "model.safetensors")
+    for loaded in (load(best), load_model(str(best))):
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="empty: a folder without model.safetensors"):
+        load(tmp_path / "empty")
+
+
 def test_missing_or_broken_files_name_the_file(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load(tmp_path / "nope.safetensors")

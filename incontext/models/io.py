@@ -24,6 +24,8 @@ from torch import nn
 from incontext.atomic import atomic_write, atomic_write_text
 from incontext.models.universeg import UniverSeg, UniverSegConfig
 
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the weights file inside a training checkpoint
+
 FORMAT_VERSION = 1
 ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
     "universeg": (UniverSeg, UniverSegConfig),
@@ -99,10 +101,9 @@ def build_from_config(meta: dict) -> nn.Module:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model saved by :func:`save` (eval mode)."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: weights file not found")
+    """Load a model saved by :func:`save` (eval mode); ``path`` is its weights file or a
+    folder holding ``model.safetensors`` (a training checkpoint such as ``RUN/best``)."""
+    path = weights_file(path)
     meta = read_config(path)
     model = build_from_config(meta)
     try:
@@ -112,6 +113,21 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     load_state_dict_checked(model, state, path)
     model.weights_meta = meta  # type: ignore[attr-defined]
     return model.eval()
+
+
+def weights_file(path: str | Path) -> Path:
+    """``path``, or ``path/model.safetensors`` when ``path`` is a folder (a checkpoint);
+    WeightsError naming it when there is no such file."""
+    path = Path(path)
+    if path.is_dir():
+        inner = path / CHECKPOINT_WEIGHTS
+        if not inner.is_file():
+            raise WeightsError(f"{path}: a folder without {CHECKPOINT_WEIGHTS}; give a weights "
+                               "file or a checkpoint folder (e.g. RUN/best)")
+        return inner
+    if not path.exists():
+        raise WeightsError(f"{path}: weights file not found")
+    return path
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor],

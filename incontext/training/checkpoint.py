@@ -30,7 +30,7 @@ from torch import nn
 
 from incontext.models import io as weights_io
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = weights_io.CHECKPOINT_WEIGHTS
 STATE = "state.pt"
 
 

@@ -39,7 +39,6 @@ from incontext.models.universeg import UniverSeg, UniverSegConfig
 from incontext.training import distributed as dist_utils
 from incontext.training.augment import EpisodeAugmenter
 from incontext.training.checkpoint import (
-    WEIGHTS,
     capture_rng,
     load_checkpoint,
     restore_rng,
@@ -668,9 +667,6 @@ def _load_init_weights(model: nn.Module, path: str) -> None:
     """
     from incontext.models.io import WeightsError, load
 
-    if Path(path).is_dir():
-        raise ConfigError(f"model.init {path}: is a folder; give a .safetensors weights file "
-                          f"(e.g. {Path(path) / WEIGHTS})")
     try:
         source = load(path)
     except WeightsError as exc:
