@@ -98,3 +98,27 @@ def test_volume_check_script_on_a_generated_nnunet_dataset(tmp_path):
         assert row["estimate"] == pytest.approx(row["cut_scores"]["0.5"])
         assert row["estimate_at_cut"] == pytest.approx(row["cut_scores"][str(row["cut"])])
         assert not set(row["supports"]) & set(row["query_files"])
+
+
+class _EchoUNet:
+    """A 'trained' U-Net stand-in: predicts each query's own image (exact on the toy task)."""
+
+    def predict(self, support_images, support_labels, query_images, *, seed):
+        assert support_images.shape[0] == support_labels.shape[0] >= 1
+        return query_images.astype(np.float32)
+
+
+def test_unet_gate_hands_a_task_to_the_unet_when_it_segments_held_out_supports_better():
+    ug = load_script("unet_gate")
+    parts = ug.fold_parts(6, 4, seed=3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(6)) and len(parts) == 4
+    rows = ug.run_task(MeanSupportLabel(32), _EchoUNet(), _task(), support_size=6, repeats=2,
+                       folds=3)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["support"]["unet"] > row["support"]["model"] + 0.1
+        assert ug.gate(row, margin=0.05) == "unet" and ug.gate(row, margin=1.0) == "model"
+        assert row["query"]["unet"] == pytest.approx(1.0)
+    # the model keeps a task it segments as well as the U-Net
+    rows = ug.run_task(EchoQuery(32), _EchoUNet(), _task(), support_size=6, repeats=1, folds=3)
+    assert ug.gate(rows[0], margin=0.0) == "model"
