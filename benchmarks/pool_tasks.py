@@ -104,6 +104,25 @@ def volume_draw(pairs: list[tuple[Path, Path]], draw: int, supports: int, querie
     return images, labels, axis, sup, [pairs[i] for i in order[supports:supports + queries]]
 
 
+def dataset_table(results: dict[str, dict]) -> tuple[dict, dict]:
+    """Per-dataset and overall means (x 100) of each task's ``scores``; prints them as a
+    Markdown table. ``results``: task -> {"dataset": ..., "scores": {variant: 0..1}}."""
+    import numpy as np
+
+    datasets = sorted({r["dataset"] for r in results.values()})
+    names = list(next(iter(results.values()))["scores"])
+    by_dataset = {d: {v: 100 * float(np.mean([r["scores"][v] for r in results.values()
+                                               if r["dataset"] == d])) for v in names}
+                  for d in datasets}
+    mean = {v: float(np.mean([by_dataset[d][v] for d in datasets])) for v in names}
+    print("\n| variant | " + " | ".join(datasets) + " | mean |")
+    print("|---|" + "---:|" * (len(datasets) + 1))
+    for v in names:
+        print(f"| {v} | " + " | ".join(f"{by_dataset[d][v]:.1f}" for d in datasets)
+              + f" | {mean[v]:.2f} |")
+    return by_dataset, mean
+
+
 def write_json(path: str | Path, data: dict) -> None:
     """``data`` as indented JSON at ``path``, through a temporary file and a rename."""
     path = Path(path)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_task_options, pool_tasks, write_json  # noqa: E402
+from pool_tasks import add_task_options, dataset_table, pool_tasks, write_json  # noqa: E402
 
 MARGINS = (0.0, 0.03, 0.05, 0.1)
 
@@ -128,17 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"  {cv}  ({time.perf_counter() - start:.0f} s)", flush=True)
     if not results:
         parser.error("no task matched --tasks")
-    datasets = sorted({r["dataset"] for r in results.values()})
-    names = list(next(iter(results.values()))["scores"])
-    by_dataset = {d: {v: 100 * float(np.mean([r["scores"][v] for r in results.values()
-                                               if r["dataset"] == d])) for v in names}
-                  for d in datasets}
-    mean = {v: float(np.mean([by_dataset[d][v] for d in datasets])) for v in names}
-    print("\n| variant | " + " | ".join(datasets) + " | mean |")
-    print("|---|" + "---:|" * (len(datasets) + 1))
-    for v in names:
-        print(f"| {v} | " + " | ".join(f"{by_dataset[d][v]:.1f}" for d in datasets)
-              + f" | {mean[v]:.2f} |")
+    by_dataset, mean = dataset_table(results)
     write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
                            "queries_per_task": args.queries_per_task, "folds": args.folds,
                            "unet_steps": args.unet_steps, "query_split": args.query_split,

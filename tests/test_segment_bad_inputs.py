@@ -7,20 +7,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from incontext.cli import main
-from incontext.models import UniverSeg, save
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save(UniverSeg(encoder_widths=(8, 8, 8), resolution=32), path)
-    return path
 
 
 def _disc(i: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

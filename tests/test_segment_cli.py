@@ -34,14 +34,6 @@ def run_cli(argv: list[str]) -> int:
         return 2
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save(UniverSeg(encoder_widths=(8, 8, 8), resolution=32), path)
-    return path
-
-
 def _disc_image(shape, centre, radius, rng):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     label = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2).astype(np.uint8)

@@ -122,3 +122,14 @@ def test_unet_gate_hands_a_task_to_the_unet_when_it_segments_held_out_supports_b
     # the model keeps a task it segments as well as the U-Net
     rows = ug.run_task(EchoQuery(32), _EchoUNet(), _task(), support_size=6, repeats=1, folds=3)
     assert ug.gate(rows[0], margin=0.0) == "model"
+
+
+def test_dataset_table_averages_tasks_then_datasets(capsys):
+    dataset_table = load_script("pool_tasks").dataset_table
+    results = {"a/1": {"dataset": "a", "scores": {"m": 0.2, "g": 0.4}},
+               "a/2": {"dataset": "a", "scores": {"m": 0.4, "g": 0.4}},
+               "b/1": {"dataset": "b", "scores": {"m": 0.9, "g": 0.6}}}
+    by_dataset, mean = dataset_table(results)
+    assert by_dataset["a"]["m"] == pytest.approx(30.0) and by_dataset["b"]["g"] == pytest.approx(60)
+    assert mean == pytest.approx({"m": 60.0, "g": 50.0})  # datasets weigh equally
+    assert "| m | 30.0 | 90.0 | 60.00 |" in capsys.readouterr().out
