@@ -8,6 +8,8 @@
     incontext index merge OUT IN [IN ...] | --manifest OUT.json IN [IN ...]
     incontext index subset IN OUT [--splits train,val] [--max-slices val=24] [--drop-colour]
     incontext index recipes
+
+build, merge and subset never replace an existing output unless given --overwrite.
 """
 
 from __future__ import annotations
