@@ -5,9 +5,10 @@ On the held-out datasets a U-Net trained per task on the N supports (``supervise
 per-task choice between the two, made on the supports alone, would train only where the
 supports say it pays. This script measures such a gate on a training pool: for each task
 and draw (supports from the train split, queries from ``--query-split``) the supports are
-cut into ``--folds`` parts; the model (grey luma, whole image, cut chosen on the supports as
-``support_calibration`` does) and a U-Net trained on the other parts each segment every
-part, and both segment the queries from all supports. Scores:
+cut into ``--folds`` parts; the model (``incontext.segment``'s defaults: cut and colour
+rendering chosen on the supports) and a U-Net trained on the other parts (grey, as the
+``supervised-unet`` baseline) each segment every part, and both segment the queries from
+all supports. Scores:
 
 * ``model``, ``unet``: each alone;
 * ``gate@m``: the U-Net replaces the model when its cross-validated support Dice beats the
@@ -20,7 +21,9 @@ Run it on training-pool indexes only, on the val split (choices are tuned there)
         I="$I --index /work/indexes/train-colour/$d.h5"; done
     OMP_NUM_THREADS=1 python benchmarks/unet_gate.py $I --query-split val
 
-Prints a table (Dice x 100 per dataset) and writes results/unet_gate.json.
+Prints a table (Dice x 100 per dataset) and writes results/unet_gate.json. The U-Net
+trainings dominate the time (about 5 min per task on 1 thread); ``--unet-from JSON`` takes
+the U-Net's scores from an earlier run with the same draws, folds and steps instead.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_task_options, dataset_table, pool_tasks, write_json  # noqa: E402
+from pool_tasks import add_task_options, as_images, dataset_table, pool_tasks, write_json  # noqa: E402
 
 MARGINS = (0.0, 0.03, 0.05, 0.1)
 
@@ -47,42 +50,56 @@ def fold_parts(n: int, folds: int, seed: int) -> list:
     return [p for p in np.array_split(order, min(folds, n)) if p.size]
 
 
-def run_task(model, unet, task, support_size: int, repeats: int, folds: int) -> list[dict]:
+def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
+             unet_rows: dict[int, dict] | None = None) -> list[dict]:
+    """One row per draw: the support (cross-validated) and query Dice of the model and the
+    U-Net; ``unet_rows`` (draw -> an earlier row) supplies the U-Net's instead of training."""
     import numpy as np
     import torch
 
     from incontext.benchmark.protocol import support_draws
-    from incontext.calibration import THRESHOLD_GRID, dice_at, support_calibration
-    from incontext.inference import predict_probabilities
+    from incontext.calibration import dice_at
+    from incontext.inference import segment
+    from incontext.metrics import dice
 
-    def run_model(q, si, sl):
-        with torch.inference_mode():  # not around the U-Net: it trains
-            return predict_probabilities(model, q, si, sl).clamp(0, 1)
+    def model_dice(queries, truth, supports, labels, seed) -> np.ndarray:
+        with torch.inference_mode():
+            result = segment(model, queries, supports, labels, seed=seed)
+        return np.atleast_1d(dice(np.stack([r.mask > 0 for r in result]), truth >= 0.5))
 
-    def run_unet(q, si, sl, seed):
-        return torch.from_numpy(unet.predict(si.numpy(), sl.numpy(), q.numpy(), seed=seed))
+    def unet_dice(q, truth, si, sl, seed) -> np.ndarray:
+        return dice_at(torch.from_numpy(unet.predict(si, sl, q, seed=seed)),
+                       torch.from_numpy(truth))
 
-    q = torch.from_numpy(task.query_images)
-    q_true = torch.from_numpy(task.query_labels)
+    n_q = len(task.query_images)
+    queries = as_images(task.query_images, task.query_colour, range(n_q))
     rows = []
     for draw in support_draws(task.name, task.pool_size, support_size, repeats):
-        si = torch.from_numpy(task.pool_images[draw.indices])
-        sl = torch.from_numpy(task.pool_labels[draw.indices])
-        if si.shape[0] < 2 or not bool((sl >= 0.5).any()):
+        idx = np.asarray(draw.indices)
+        si, sl = task.pool_images[idx], task.pool_labels[idx]
+        if len(idx) < 2 or not (sl >= 0.5).any():
             continue
-        cal = support_calibration(lambda g, a, b, c: run_model(a, b, c), si, sl, (1,),
-                                  THRESHOLD_GRID, seed=draw.seed)
-        held = {"model": [], "unet": []}
-        for part in fold_parts(si.shape[0], folds, draw.seed):
-            rest = torch.from_numpy(np.setdiff1d(np.arange(si.shape[0]), part))
-            part = torch.from_numpy(part)
-            held["model"].append(dice_at(run_model(si[part], si[rest], sl[rest]), sl[part],
-                                         cal.threshold))
-            held["unet"].append(dice_at(run_unet(si[part], si[rest], sl[rest], draw.seed),
-                                        sl[part]))
-        support = {k: float(np.concatenate(v).mean()) for k, v in held.items()}
-        query = {"model": float(dice_at(run_model(q, si, sl), q_true, cal.threshold).mean()),
-                 "unet": float(dice_at(run_unet(q, si, sl, draw.seed), q_true).mean())}
+        images = as_images(task.pool_images, task.pool_colour, idx)
+        labels = [lab.astype(np.uint8) for lab in sl]
+        held: dict[str, list] = {"model": [], "unet": []}
+        for part in fold_parts(len(idx), folds, draw.seed):
+            rest = np.setdiff1d(np.arange(len(idx)), part)
+            held["model"].append(model_dice([images[i] for i in part], sl[part],
+                                            [images[i] for i in rest],
+                                            [labels[i] for i in rest], draw.seed))
+            if unet_rows is None:
+                held["unet"].append(unet_dice(si[part], sl[part], si[rest], sl[rest],
+                                              draw.seed))
+        support = {"model": float(np.concatenate(held["model"]).mean())}
+        query = {"model": float(model_dice(queries, task.query_labels, images, labels,
+                                           draw.seed).mean())}
+        if unet_rows is None:
+            support["unet"] = float(np.concatenate(held["unet"]).mean())
+            query["unet"] = float(unet_dice(task.query_images, task.query_labels, si, sl,
+                                            draw.seed).mean())
+        else:
+            support["unet"] = unet_rows[draw.repeat]["support"]["unet"]
+            query["unet"] = unet_rows[draw.repeat]["query"]["unet"]
         rows.append({"draw": draw.repeat, "support": support, "query": query})
     return rows
 
@@ -99,9 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=4, help="support folds (default 4)")
     parser.add_argument("--unet-steps", type=int, default=100,
                         help="supervised-unet training steps (default 100, as the model card)")
+    parser.add_argument("--unet-from", default=None, metavar="JSON",
+                        help="the U-Net's scores from an earlier run of this script (same "
+                             "indexes, draws, folds and steps) instead of training")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
+    earlier = None
+    if args.unet_from:
+        import json
+
+        earlier = json.loads(Path(args.unet_from).read_text())
+        same = {k: earlier.get(k) == getattr(args, k) for k in
+                ("support_size", "repeats", "queries_per_task", "folds", "unet_steps",
+                 "query_split")}
+        if not all(same.values()):
+            parser.error(f"--unet-from {args.unet_from}: another setup "
+                         f"({', '.join(k for k, ok in same.items() if not ok)} differ)")
 
     import numpy as np
 
@@ -114,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for name, task in pool_tasks(args):
         start = time.perf_counter()
-        rows = run_task(model, unet, task, args.support_size, args.repeats, args.folds)
+        unet_rows = None
+        if earlier is not None:
+            if name not in earlier["tasks"]:
+                print(f"{name}: not in --unet-from, skipped", flush=True)
+                continue
+            unet_rows = {r["draw"]: r for r in earlier["tasks"][name]["rows"]}
+        rows = run_task(model, unet, task, args.support_size, args.repeats, args.folds,
+                        unet_rows)
         if not rows:
             continue
         scores = {k: float(np.mean([r["query"][k] for r in rows])) for k in ("model", "unet")}
@@ -132,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
                            "queries_per_task": args.queries_per_task, "folds": args.folds,
                            "unet_steps": args.unet_steps, "query_split": args.query_split,
-                           "model": args.model or "default", "mean": mean,
+                           "model": args.model or "default", "model_settings": "segment defaults",
+                           "unet_from": args.unet_from, "mean": mean,
                            "datasets": by_dataset, "tasks": results})
     return 0
 

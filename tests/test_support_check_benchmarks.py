@@ -122,6 +122,12 @@ def test_unet_gate_hands_a_task_to_the_unet_when_it_segments_held_out_supports_b
     # the model keeps a task it segments as well as the U-Net
     rows = ug.run_task(EchoQuery(32), _EchoUNet(), _task(), support_size=6, repeats=1, folds=3)
     assert ug.gate(rows[0], margin=0.0) == "model"
+    # an earlier run's U-Net scores are reused without training one
+    earlier = {0: {"support": {"unet": 0.25}, "query": {"unet": 0.5}}}
+    again = ug.run_task(EchoQuery(32), None, _task(), support_size=6, repeats=1, folds=3,
+                        unet_rows=earlier)
+    assert again[0]["support"]["unet"] == 0.25 and again[0]["query"]["unet"] == 0.5
+    assert again[0]["support"]["model"] == rows[0]["support"]["model"]
 
 
 def test_dataset_table_averages_tasks_then_datasets(capsys):
