@@ -24,17 +24,14 @@ from incontext.training.engine import build_sources, evaluate
 def load_candidate(spec: str | Path) -> torch.nn.Module:
     """A model from a weights file, a checkpoint directory (``run/best``, ``run/last``,
     ``checkpoints/step-N``: the ``model.safetensors`` inside) or a registered name."""
-    from incontext.models.io import load
+    from incontext.models.io import CHECKPOINT_WEIGHTS, load
     from incontext.models.registry import available_models, load_model
 
     path = Path(spec)
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.exists():
-            raise FileNotFoundError(f"{path}: no model.safetensors in this directory")
-        return load(weights)
+    if path.is_dir() and not (path / CHECKPOINT_WEIGHTS).exists():
+        raise FileNotFoundError(f"{path}: no {CHECKPOINT_WEIGHTS} in this directory")
     if path.exists():
-        return load(path)
+        return load(path)  # a weights file, or a checkpoint folder's
     if str(spec) in available_models():
         return load_model(str(spec))
     raise FileNotFoundError(f"{spec}: no such weights file, checkpoint directory or "
