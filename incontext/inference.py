@@ -76,6 +76,8 @@ class Segmentation:
                    the supports (fixed tiles, cut and rendering) or too few supports had
                    foreground to check (3 for a cut, 1 otherwise)
     support_checks: per label, how many supports that estimate averages (0: not measured)
+    methods:       per label, what segmented it: ``"model"``, or ``"unet"`` where
+                   :class:`incontext.hand_over.UNetHandOver` handed it to a U-Net
     """
 
     mask: np.ndarray
@@ -87,6 +89,7 @@ class Segmentation:
     colours: list[str] = field(default_factory=list)
     support_dice: list[float | None] = field(default_factory=list)
     support_checks: list[int] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -499,7 +502,8 @@ def segment(
                                     tiles=list(chosen), thresholds=list(cuts),
                                     colours=list(colours),
                                     support_dice=[e[0] for e in estimates],
-                                    support_checks=[e[1] for e in estimates]))
+                                    support_checks=[e[1] for e in estimates],
+                                    methods=["model"] * n_lab))
     return results[0] if single else results
 
 

@@ -632,3 +632,31 @@ def test_check_supports_for_volumes_reports_leave_one_volume_out_dice(tmp_path, 
     (choice,) = json.loads((tmp_path / "run.json").read_text())["choices"]
     assert choice["support_checks"] == 3 and 0.0 <= choice["support_dice"] <= 1.0
     assert "support-set check" in printed and f"{choice['support_dice']:.2f}" in printed
+
+
+def test_hand_over_compares_on_the_supports_and_reports_it(tmp_path, model_path, capsys):
+    import json
+
+    from incontext.hand_over import DEFAULT_MARGIN, prefers_unet
+
+    sup = make_2d_folder(tmp_path / "sup", n=5)
+    out = tmp_path / "out"
+    report = tmp_path / "run.json"
+    argv = ["segment", "--support-dir", str(sup), "--query", str(sup / "images"), "--out",
+            str(out), "--model", str(model_path), "--report", str(report), "--hand-over"]
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    (choice,) = json.loads(report.read_text())["choices"]
+    compared = choice["hand_over"]
+    assert compared["supports"] == 5
+    assert 0.0 <= compared["model_dice"] <= 1.0 and 0.0 <= compared["unet_dice"] <= 1.0
+    wins = prefers_unet(compared["model_dice"], compared["unet_dice"], DEFAULT_MARGIN)
+    assert choice["method"] == compared["method"] == ("unet" if wins else "model")
+    assert "segmented by" in printed and f"U-Net {compared['unet_dice']:.2f}" in printed
+    assert np.asarray(Image.open(out / "case2.png")).shape == (48, 48)
+    data = make_nnunet(tmp_path / "ds", n=2)
+    argv = ["segment", "--support-dir", str(data), "--query",
+            f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(tmp_path / "out3d"), "--model",
+            str(model_path), "--hand-over"]
+    assert run_cli(argv) == 2
+    assert "--hand-over is for 2D images" in _err(capsys)

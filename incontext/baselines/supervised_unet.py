@@ -187,6 +187,13 @@ class SupervisedUNet(Baseline):
         *,
         seed: int,
     ) -> np.ndarray:
+        network = self.fit(support_images, support_labels, seed=seed)
+        return self.infer(network, query_images)
+
+    def fit(self, support_images: np.ndarray, support_labels: np.ndarray, *,
+            seed: int) -> SmallUNet:
+        """Train a fresh network on (S, H, W) (or (S, C, H, W)) images in [0, 1] and (S, H, W)
+        0/1 labels, unchecked (``predict`` checks); seeded as ``predict``."""
         threads = torch.get_num_threads()
         if self.max_threads is not None:
             torch.set_num_threads(self.max_threads)
@@ -195,9 +202,19 @@ class SupervisedUNet(Baseline):
                 torch.manual_seed(seed)
                 gen = torch.Generator().manual_seed(seed)
                 start = time.perf_counter()
-                model = self._train(support_images, support_labels, gen)
+                network = self._train(support_images, support_labels, gen)
                 self.last_train_seconds = time.perf_counter() - start
-                return self._infer(model, query_images)
+                return network
+        finally:
+            torch.set_num_threads(threads)
+
+    def infer(self, network: SmallUNet, query_images: np.ndarray) -> np.ndarray:
+        """(Q, H, W) foreground probabilities of a network from :meth:`fit`."""
+        threads = torch.get_num_threads()
+        if self.max_threads is not None:
+            torch.set_num_threads(self.max_threads)
+        try:
+            return self._infer(network, query_images)
         finally:
             torch.set_num_threads(threads)
 

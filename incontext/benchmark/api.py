@@ -86,6 +86,7 @@ def run_benchmark(
     model_tta: int = 1,
     model_colour: str = "luma",
     model_nearest: int | None = None,
+    model_hand_over: bool = False,
     model_device: str = "cpu",
     baseline_device: str = "cpu",
     progress: bool = True,
@@ -110,6 +111,9 @@ def run_benchmark(
     ``"auto"`` choosing per task and draw on the supports (:mod:`incontext.colour`); rows
     named ``<model>-...-colour-<c>``. ``model_nearest`` = k runs each query with its k most
     similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
+    ``model_hand_over`` lets a ``supervised-unet`` trained on the supports segment a task and
+    draw when it beats the model on them (:mod:`incontext.hand_over`); rows named
+    ``<model>-...-hand-over``.
     ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
     ...; :mod:`incontext.device`); ``baseline_device``: where the baselines that train a
     network (``supervised-unet``, ``-rgb``) do it; the other baselines run on the CPU.
@@ -143,6 +147,7 @@ def run_benchmark(
     model_method, note = load_model_method(model, tiles=model_tiles,
                                            threshold=model_threshold, tta=model_tta,
                                            colour=model_colour, nearest=model_nearest,
+                                           hand_over=model_hand_over,
                                            device=model_device)
     if note:
         notes.append(note)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from incontext.baselines import BASELINES, get_baseline
+from incontext.baselines.supervised_unet import SupervisedUNet
 from incontext.calibration import (
     THRESHOLD_GRID,
     Calibration,
@@ -38,6 +39,13 @@ from incontext.colour import (
     check_rgb,
     choose_rendering,
     renderings,
+)
+from incontext.hand_over import (
+    DEFAULT_FOLDS,
+    DEFAULT_MARGIN,
+    DEFAULT_UNET_STEPS,
+    cross_validated_dice,
+    prefers_unet,
 )
 from incontext.inference import predict_probabilities
 from incontext.support_selection import check_nearest
@@ -71,6 +79,10 @@ class ModelMethod:
     (:mod:`incontext.colour`; ``"auto"``: chosen per task and draw on the support set);
     tasks without colour keep their grey images. ``nearest`` = k runs each query with the k
     supports most like it (:mod:`incontext.support_selection`), in the support-set checks too.
+    ``hand_over=True`` compares the model with a ``supervised-unet`` (grey, ``unet_steps``)
+    on the supports of each task and draw, by ``folds``-fold cross-validation, and lets the
+    U-Net segment the queries when it wins by more than ``margin``
+    (:mod:`incontext.hand_over`; ``chosen_methods`` records each choice).
     """
 
     ensembles = True
@@ -78,7 +90,9 @@ class ModelMethod:
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
                  batch_size: int | None = None, tiles: int | str = 1,
                  threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
-                 nearest: int | None = None) -> None:
+                 nearest: int | None = None, hand_over: bool = False,
+                 margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
+                 unet_steps: int = DEFAULT_UNET_STEPS) -> None:
         check_tta(tta)
         check_nearest(nearest)
         check_tiles(tiles)
@@ -96,6 +110,17 @@ class ModelMethod:
             self.name += f"-colour-{colour}"
         if nearest is not None:
             self.name += f"-nn{nearest}"
+        self.hand_over = None
+        if hand_over:
+            if folds < 2 or unet_steps < 1 or not 0.0 <= margin < 1.0:
+                raise ValueError("hand-over: folds >= 2, unet_steps >= 1 and margin in [0, 1) "
+                                 "are required")
+            self.name += "-hand-over"
+            self.hand_over = {"margin": float(margin), "folds": int(folds),
+                              "unet_steps": int(unet_steps)}
+            self._unet = SupervisedUNet(steps=unet_steps,
+                                        device=next(model.parameters()).device)
+        self.chosen_methods: list[str] = []  # with hand_over: "model" or "unet" per prediction
         self.nearest = nearest
         self.colour = colour
         self.uses_colour = colour != DEFAULT_COLOUR  # the runner then passes R, G, B
@@ -171,6 +196,30 @@ class ModelMethod:
         si = np.ascontiguousarray(support_images, np.float32)
         sl = np.ascontiguousarray(support_labels, np.float32)
         qi = np.ascontiguousarray(query_images, np.float32)
+        if self.hand_over is None:
+            return self._predict_model(si, sl, qi, seed, support_colour, query_colour)
+        truths = list(sl >= 0.5)
+        folds, margin = self.hand_over["folds"], self.hand_over["margin"]
+
+        def model_part(rest: np.ndarray, part: np.ndarray) -> list[np.ndarray]:
+            colours = (None, None) if support_colour is None else (support_colour[rest],
+                                                                   support_colour[part])
+            return list(self._predict_model(si[rest], sl[rest], si[part], seed, *colours) >= 0.5)
+
+        def unet_part(rest: np.ndarray, part: np.ndarray) -> list[np.ndarray]:
+            return list(self._unet.predict(si[rest], sl[rest], si[part], seed=seed) >= 0.5)
+
+        use = prefers_unet(cross_validated_dice(model_part, truths, folds, seed),
+                           cross_validated_dice(unet_part, truths, folds, seed), margin)
+        self.chosen_methods.append("unet" if use else "model")
+        if use:
+            return self._unet.predict(si, sl, qi, seed=seed)
+        return self._predict_model(si, sl, qi, seed, support_colour, query_colour)
+
+    def _predict_model(self, si: np.ndarray, sl: np.ndarray, qi: np.ndarray, seed: int,
+                       support_colour: np.ndarray | None, query_colour: np.ndarray | None
+                       ) -> np.ndarray:
+        """The model's probabilities (no hand-over)."""
         si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
         if self.threshold == "auto":
             self.chosen_thresholds.append(cal.threshold)
@@ -199,6 +248,8 @@ class ModelMethod:
             info["colour"] = self.colour
         if self.nearest is not None:  # likewise
             info["nearest"] = self.nearest
+        if self.hand_over is not None:  # likewise
+            info["hand_over"] = dict(self.hand_over, unet=self._unet.describe())
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
         return info
 
@@ -249,7 +300,7 @@ def make_baselines(names: Sequence[str],
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
                       colour: str = DEFAULT_COLOUR, nearest: int | None = None,
-                      device: str = "cpu") -> tuple[ModelMethod | None, str | None]:
+                      hand_over: bool = False, device: str = "cpu") -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -261,7 +312,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
     from incontext.models import WeightsError, load_model
 
     settings: dict[str, Any] = {"tiles": tiles, "threshold": threshold, "tta": tta,
-                                "colour": colour, "nearest": nearest}
+                                "colour": colour, "nearest": nearest, "hand_over": hand_over}
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),

@@ -183,6 +183,9 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if supports.ndim == 3 and getattr(args, "colour", None) not in (None, "luma"):
         raise CLIError("--colour is for 2D colour images; volumes are grey (leave it out)")
+    if supports.ndim == 3 and getattr(args, "hand_over", False):
+        raise CLIError("--hand-over is for 2D images; volumes are segmented by the model only "
+                       "(leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
         raise CLIError("--nearest is for 2D images; volumes already pick support slices by "
                        "position (leave it out)")
@@ -196,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     results: list[FileResult] = []
     reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once
+    hand = _hand_over(model, supports, wanted, window, args)  # None without --hand-over
     skipped: list[Path] = []  # query files that could not be read after all
     choices: list[LabelChoice] = []  # 2D: per label, what the supports chose (same every file)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -223,11 +227,14 @@ def _run(args: argparse.Namespace) -> int:
                                                       args, progress, slices_task, volume_cuts)
             else:
                 # the first file also pays the once-per-run checks on the supports
+                first = "supports checks + image" if hand is None else \
+                    "supports checks + U-Net hand-over checks + image"
                 progress.update(slices_task, total=1, completed=0,
-                                description="image" if results else "supports checks + image")
-                result = _segment_2d(model, query, supports, wanted, window, args, reuse)
+                                description="image" if results else first)
+                result = _segment_2d(model, query, supports, wanted, window, args, reuse, hand)
                 mask, unc = result.mask, result.uncertainty
-                choices = choices or label_choices(result, wanted)
+                choices = choices or label_choices(result, wanted,
+                                                   None if hand is None else hand.choices)
                 progress.update(slices_task, completed=1)
                 slices = 1
             mask = postprocess(mask, largest_component=args.largest_component,
@@ -256,21 +263,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_options(supports: SupportSet, wanted, window, args) -> dict:
+    """The keyword options of :func:`incontext.inference.segment` for a 2D run."""
+    return dict(ensemble=args.ensemble, support_size=args.support_size,
+                threshold=args.threshold, batch_size=args.batch_size, labels=wanted,
+                modality=args.modality, window=window, supports_normalized=supports.normalized,
+                tiles=args.tiles, tta=args.tta, colour=getattr(args, "colour", "luma"),
+                nearest=getattr(args, "nearest", None))
+
+
+def _support_images(supports: SupportSet, args):
+    return supports.with_colour() if getattr(args, "colour", "luma") != "luma" \
+        else supports.images
+
+
+def _hand_over(model, supports: SupportSet, wanted, window, args):
+    """With ``--hand-over`` (2D): the object that segments every file, else None."""
+    if not getattr(args, "hand_over", False) or supports.ndim != 2:
+        return None
+    from incontext.hand_over import UNetHandOver
+
+    return UNetHandOver(model, _support_images(supports, args), supports.labels,
+                        seed=args.seed, **_segment_options(supports, wanted, window, args))
+
+
 def _segment_2d(model, query: LoadedImage, supports: SupportSet, wanted, window, args,
-                reuse: dict | None = None):
+                reuse: dict | None = None, hand=None):
     from incontext.inference import segment
 
-    colour = getattr(args, "colour", "luma")
-    use = colour != "luma"
-    result = segment(model, query.colour if use and query.colour is not None else query.data,
-                     supports.with_colour() if use else supports.images, supports.labels,
-                     ensemble=args.ensemble, support_size=args.support_size,
-                     threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-                     labels=wanted, modality=args.modality, window=window,
-                     supports_normalized=supports.normalized, tiles=args.tiles,
-                     tta=args.tta, colour=colour, nearest=getattr(args, "nearest", None),
-                     reuse=reuse)
-    return result
+    use = getattr(args, "colour", "luma") != "luma"
+    image = query.colour if use and query.colour is not None else query.data
+    if hand is not None:
+        return hand.segment(image)
+    return segment(model, image, _support_images(supports, args), supports.labels,
+                   seed=args.seed, reuse=reuse,
+                   **_segment_options(supports, wanted, window, args))
 
 
 def _volume_axis(args, supports: SupportSet) -> int:
