@@ -3,7 +3,8 @@
 On the held-out datasets a U-Net trained per task on the N supports (``supervised-unet``,
 100 steps) beats the in-context model on thin vessels and polyps, and loses on WBC. A
 per-task choice between the two, made on the supports alone, would train only where the
-supports say it pays. This script measures such a gate on a training pool: for each task
+supports say it pays (now ``incontext segment --hand-over``, :mod:`incontext.hand_over`,
+whose margin, 0.03, was chosen here). This script measures such a gate on a training pool: for each task
 and draw (supports from the train split, queries from ``--query-split``) the supports are
 cut into ``--folds`` parts; the model (``incontext.segment``'s defaults: cut and colour
 rendering chosen on the supports) and a U-Net trained on the other parts (grey, as the
@@ -39,15 +40,9 @@ sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool_tasks import add_task_options, as_images, dataset_table, pool_tasks, write_json  # noqa: E402
 
+from incontext.hand_over import fold_parts, prefers_unet  # noqa: E402
+
 MARGINS = (0.0, 0.03, 0.05, 0.1)
-
-
-def fold_parts(n: int, folds: int, seed: int) -> list:
-    """``folds`` disjoint, non-empty index arrays covering range(n) (seeded order)."""
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(n)
-    return [p for p in np.array_split(order, min(folds, n)) if p.size]
 
 
 def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
@@ -106,7 +101,8 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
 
 def gate(row: dict, margin: float) -> str:
     """``unet`` when its cross-validated support Dice beats the model's by > margin."""
-    return "unet" if row["support"]["unet"] - row["support"]["model"] > margin else "model"
+    return "unet" if prefers_unet(row["support"]["model"], row["support"]["unet"], margin) \
+        else "model"
 
 
 def main(argv: list[str] | None = None) -> int:
