@@ -480,6 +480,12 @@ def test_text_prompt_through_segment(tmp_path, capsys, monkeypatch):
     assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
                     "--out", str(tmp_path / "o4"), "--model", str(plain)]) == 2
     assert "needs a TextDriven model" in _err(capsys)
+    # --hand-over trains on example supports: refused with --text, nothing written
+    assert run_cli(["segment", "--text", "heart", "--query", str(tmp_path / "q"),
+                    "--out", str(tmp_path / "o7"), "--model", str(weights),
+                    "--hand-over"]) == 2
+    assert "--hand-over is for example-based" in _err(capsys)
+    assert not (tmp_path / "o7").exists()
 
 
 

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threshold == "auto":
             raise CLIError("--threshold auto is for example-based segmentation; with --text "
                            "give a number (default 0.5)")
+        if getattr(args, "hand_over", False):
+            raise CLIError("--hand-over is for example-based segmentation; leave it out with "
+                           "--text")
 
         # without --model the shipped TextDriven model is used (registry.DEFAULT_TEXT_MODEL)
         args.images = list_image_files(args.query, "--query")
