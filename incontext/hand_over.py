@@ -54,6 +54,16 @@ class HandOverChoice:
     method: str  # "model" or "unet"
 
 
+def check_settings(margin: float, folds: int, unet_steps: int) -> None:
+    """ValueError naming the bad hand-over setting."""
+    if folds < 2:
+        raise ValueError(f"hand-over: folds must be at least 2, got {folds}")
+    if unet_steps < 1:
+        raise ValueError(f"hand-over: unet_steps must be at least 1, got {unet_steps}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"hand-over: margin must be in [0, 1), got {margin}")
+
+
 def fold_parts(n: int, folds: int, seed: int) -> list[np.ndarray]:
     """``min(folds, n)`` disjoint, non-empty index arrays covering ``range(n)`` (seeded)."""
     order = np.random.default_rng(seed).permutation(n)
@@ -99,12 +109,7 @@ class UNetHandOver:
                  margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
                  unet_steps: int = DEFAULT_UNET_STEPS, seed: int = 0,
                  **segment_options) -> None:
-        if folds < 2:
-            raise ValueError(f"hand-over: folds must be at least 2, got {folds}")
-        if unet_steps < 1:
-            raise ValueError(f"hand-over: unet_steps must be at least 1, got {unet_steps}")
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"hand-over: margin must be in [0, 1), got {margin}")
+        check_settings(margin, folds, unet_steps)
         for key in ("reuse", "seed"):
             if key in segment_options:
                 raise ValueError(f"hand-over: {key!r} is managed by UNetHandOver")

@@ -148,6 +148,9 @@ def test_bad_settings_are_named(kwargs, match):
     s_img, s_lab = bright_squares(2, seed=0)
     with pytest.raises(ValueError, match=match):
         UNetHandOver(Blank(32), s_img, s_lab, **kwargs)
+    if "reuse" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            ModelMethod(Blank(32), hand_over=True, **kwargs)
 
 
 def test_benchmark_method_hands_over_per_prediction():

@@ -44,6 +44,7 @@ from incontext.hand_over import (
     DEFAULT_FOLDS,
     DEFAULT_MARGIN,
     DEFAULT_UNET_STEPS,
+    check_settings,
     cross_validated_dice,
     prefers_unet,
 )
@@ -112,9 +113,7 @@ class ModelMethod:
             self.name += f"-nn{nearest}"
         self.hand_over = None
         if hand_over:
-            if folds < 2 or unet_steps < 1 or not 0.0 <= margin < 1.0:
-                raise ValueError("hand-over: folds >= 2, unet_steps >= 1 and margin in [0, 1) "
-                                 "are required")
+            check_settings(margin, folds, unet_steps)
             self.name += "-hand-over"
             self.hand_over = {"margin": float(margin), "folds": int(folds),
                               "unet_steps": int(unet_steps)}
@@ -300,7 +299,8 @@ def make_baselines(names: Sequence[str],
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
                       colour: str = DEFAULT_COLOUR, nearest: int | None = None,
-                      hand_over: bool = False, device: str = "cpu") -> tuple[ModelMethod | None, str | None]:
+                      hand_over: bool = False, device: str = "cpu"
+                      ) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
