@@ -125,10 +125,11 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
 
 
 def _method_text(c: LabelChoice) -> str:
-    """'U-Net (model 0.61, U-Net 0.72 in 4-fold checks)' for the --hand-over column."""
+    """'U-Net (model 0.61, U-Net 0.72 cross-validated)' for the --hand-over column."""
     h = c.hand_over
     if h is None or h["model_dice"] is None or h["unet_dice"] is None:
-        return "model (not compared: too few supports)" if c.method == "model" else c.method
+        # fewer than 2 supports, or none showing the label
+        return "model (not compared)" if c.method == "model" else c.method
     name = "U-Net" if c.method == "unet" else "model"
     return f"{name} (model {h['model_dice']:.2f}, U-Net {h['unet_dice']:.2f} cross-validated)"
 
