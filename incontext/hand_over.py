@@ -33,6 +33,7 @@ from incontext.inference import (
     _prepare_images,
     _to_numpy,
     checked_label_maps,
+    label_map,
     segment,
 )
 from incontext.metrics import dice
@@ -223,10 +224,6 @@ class UNetHandOver:
             thresholds[li] = 0.5
             support_dice[li] = estimates[value].unet_dice
             support_checks[li] = estimates[value].supports
-        mask = np.zeros(prob.shape[1:], dtype=result.mask.dtype)
-        best = prob.argmax(axis=0)
-        fg = prob.max(axis=0) >= cut
-        mask[fg] = np.asarray(result.labels)[best[fg]]
-        return replace(result, mask=mask, probabilities=prob, uncertainty=unc, methods=methods,
+        return replace(result, mask=label_map(prob, result.labels, cut), probabilities=prob, uncertainty=unc, methods=methods,
                        thresholds=thresholds, support_dice=support_dice,
                        support_checks=support_checks)

@@ -491,12 +491,7 @@ def segment(
         shape = q.shape[:2]
         prob = resize_probabilities(mean[:, qi], shape).numpy()
         unc = resize_probabilities(std[:, qi], shape).numpy()
-        mask = np.zeros(shape, dtype=np.int64)
-        if n_lab:
-            best = prob.argmax(axis=0)
-            fg = prob.max(axis=0) >= base_cut
-            mask[fg] = np.asarray(wanted)[best[fg]]
-        mask = mask.astype(_label_dtype(wanted))
+        mask = label_map(prob, wanted, base_cut)
         results.append(Segmentation(mask=mask, probabilities=prob.astype(np.float32),
                                     uncertainty=unc.astype(np.float32), labels=list(wanted),
                                     tiles=list(chosen), thresholds=list(cuts),
@@ -505,6 +500,17 @@ def segment(
                                     support_checks=[e[1] for e in estimates],
                                     methods=["model"] * n_lab))
     return results[0] if single else results
+
+
+def label_map(prob: np.ndarray, labels: Sequence[int], cut: float) -> np.ndarray:
+    """(L, ...) per-label probabilities -> label map: the most probable label where its
+    probability reaches ``cut``, else 0; the smallest integer dtype holding ``labels``."""
+    mask = np.zeros(prob.shape[1:], dtype=np.int64)
+    if len(labels):
+        best = prob.argmax(axis=0)
+        fg = prob.max(axis=0) >= cut
+        mask[fg] = np.asarray(labels)[best[fg]]
+    return mask.astype(_label_dtype(labels))
 
 
 def _label_dtype(values: Sequence[int]) -> np.dtype:

@@ -40,6 +40,7 @@ from incontext.ct_windows import CT_WINDOWS, resolve_window  # noqa: F401  (re-e
 from incontext.inference import (
     SupportSetError,
     draw_support_subsets,
+    label_map,
     predict_probabilities,
 )
 from incontext.preprocessing import (
@@ -130,15 +131,6 @@ def nearest_support_slices(n_query: int, index: int, n_support: int, extent: tup
     candidates = np.arange(lo, hi + 1)
     order = np.argsort(np.abs(candidates - centre), kind="stable")
     return sorted(int(c) for c in candidates[order[:count]])
-
-
-def _label_dtype(values: Sequence[int]) -> np.dtype:
-    lo, hi = min(values, default=0), max(values, default=0)
-    if lo >= 0 and hi <= 255:
-        return np.dtype(np.uint8)
-    if lo >= -32768 and hi <= 32767:
-        return np.dtype(np.int16)
-    return np.dtype(np.int32)
 
 
 def _model_resolution(model: nn.Module) -> int:
@@ -352,11 +344,7 @@ def segment_volume(
     if any(t != 0.5 for t in cuts):  # per-label cuts: rescale so each cut sits at 0.5
         prob = np.stack([rescale_to_threshold(torch.from_numpy(p), t).numpy()
                          for p, t in zip(prob, cuts, strict=True)])
-    mask = np.zeros(query.shape, dtype=np.int64)
-    best = prob.argmax(axis=0)
-    fg = prob.max(axis=0) >= 0.5
-    mask[fg] = np.asarray(wanted)[best[fg]]
-    return VolumeSegmentation(mask=mask.astype(_label_dtype(wanted)), probabilities=prob,
+    return VolumeSegmentation(mask=label_map(prob, wanted, 0.5), probabilities=prob,
                               uncertainty=uncertainty, labels=wanted, axes=axes, tiles=chosen)
 
 
