@@ -25,6 +25,10 @@ Run it on training-pool indexes only, on the val split (choices are tuned there)
 Prints a table (Dice x 100 per dataset) and writes results/unet_gate.json. The U-Net
 trainings dominate the time (about 5 min per task on 1 thread); ``--unet-from JSON`` takes
 the U-Net's scores from an earlier run with the same draws, folds and steps instead.
+``--fixed-choices`` keeps the model's cut, tiling and rendering chosen on all the supports in
+its folds, as ``segment --hand-over`` does since session 19 (results/unet_gate-fixed.json);
+``--unet-size S`` trains and runs the U-Net on images resized to S px (e.g. 128 on 256-px
+indexes, to compare U-Net working sizes).
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ MARGINS = (0.0, 0.03, 0.05, 0.1)
 
 
 def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
-             unet_rows: dict[int, dict] | None = None) -> list[dict]:
+             unet_rows: dict[int, dict] | None = None, fixed: bool = False,
+             unet_size: int | None = None) -> list[dict]:
     """One row per draw: the support (cross-validated) and query Dice of the model and the
-    U-Net; ``unet_rows`` (draw -> an earlier row) supplies the U-Net's instead of training."""
+    U-Net; ``unet_rows`` (draw -> an earlier row) supplies the U-Net's instead of training.
+    ``fixed``: the model's folds use the tiling, cut and rendering it chose on all the
+    supports instead of choosing again from each fold's rest. ``unet_size``: the U-Net trains
+    and predicts on images resized to that side (probabilities resized back) instead of the
+    index's own size."""
     import numpy as np
     import torch
 
@@ -56,15 +65,29 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
     from incontext.calibration import dice_at
     from incontext.inference import segment
     from incontext.metrics import dice
+    from incontext.tiling import resize_stack
 
-    def model_dice(queries, truth, supports, labels, seed) -> np.ndarray:
+    def model_dice(queries, truth, supports, labels, seed, **options) -> np.ndarray:
         with torch.inference_mode():
-            result = segment(model, queries, supports, labels, seed=seed)
+            result = segment(model, queries, supports, labels, seed=seed, **options)
         return np.atleast_1d(dice(np.stack([r.mask > 0 for r in result]), truth >= 0.5))
 
+    def full_choices(queries, supports, labels, seed) -> dict:
+        """The tiling, cut and rendering segment() chooses on all the supports."""
+        with torch.inference_mode():
+            first = segment(model, queries[:1], supports, labels, seed=seed)[0]
+        return {"tiles": first.tiles[0], "threshold": first.thresholds[0],
+                "colour": first.colours[0]}
+
     def unet_dice(q, truth, si, sl, seed) -> np.ndarray:
-        return dice_at(torch.from_numpy(unet.predict(si, sl, q, seed=seed)),
-                       torch.from_numpy(truth))
+        if unet_size is None or unet_size == q.shape[-1]:
+            prob = torch.from_numpy(unet.predict(si, sl, q, seed=seed))
+        else:
+            prob = resize_stack(torch.from_numpy(unet.predict(
+                resize_stack(torch.from_numpy(si), unet_size).numpy(),
+                (resize_stack(torch.from_numpy(sl), unet_size) >= 0.5).float().numpy(),
+                resize_stack(torch.from_numpy(q), unet_size).numpy(), seed=seed)), q.shape[-2:])
+        return dice_at(prob, torch.from_numpy(truth))
 
     n_q = len(task.query_images)
     queries = as_images(task.query_images, task.query_colour, range(n_q))
@@ -77,11 +100,15 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
         images = as_images(task.pool_images, task.pool_colour, idx)
         labels = [lab.astype(np.uint8) for lab in sl]
         held: dict[str, list] = {"model": [], "unet": []}
+        options = full_choices(queries, images, labels, draw.seed) if fixed else {}
+        model_check_s = 0.0
         for part in fold_parts(len(idx), folds, draw.seed):
             rest = np.setdiff1d(np.arange(len(idx)), part)
+            start = time.perf_counter()
             held["model"].append(model_dice([images[i] for i in part], sl[part],
                                             [images[i] for i in rest],
-                                            [labels[i] for i in rest], draw.seed))
+                                            [labels[i] for i in rest], draw.seed, **options))
+            model_check_s += time.perf_counter() - start
             if unet_rows is None:
                 held["unet"].append(unet_dice(si[part], sl[part], si[rest], sl[rest],
                                               draw.seed))
@@ -95,7 +122,8 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
         else:
             support["unet"] = unet_rows[draw.repeat]["support"]["unet"]
             query["unet"] = unet_rows[draw.repeat]["query"]["unet"]
-        rows.append({"draw": draw.repeat, "support": support, "query": query})
+        rows.append({"draw": draw.repeat, "support": support, "query": query,
+                     "model_check_s": model_check_s})
     return rows
 
 
@@ -115,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-from", default=None, metavar="JSON",
                         help="the U-Net's scores from an earlier run of this script (same "
                              "indexes, draws, folds and steps) instead of training")
+    parser.add_argument("--unet-size", type=int, default=None,
+                        help="train and run the U-Net at this side (default: the index's)")
+    parser.add_argument("--fixed-choices", action="store_true",
+                        help="the model's folds keep the tiling, cut and rendering chosen on "
+                             "all the supports (cheaper) instead of choosing them again")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
@@ -124,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
         earlier = json.loads(Path(args.unet_from).read_text())
         same = {k: earlier.get(k) == getattr(args, k) for k in
-                ("support_size", "repeats", "queries_per_task", "folds", "unet_steps",
+                ("support_size", "repeats", "queries_per_task", "folds", "unet_steps", "unet_size",
                  "query_split")}
         if not all(same.values()):
             parser.error(f"--unet-from {args.unet_from}: another setup "
@@ -148,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             unet_rows = {r["draw"]: r for r in earlier["tasks"][name]["rows"]}
         rows = run_task(model, unet, task, args.support_size, args.repeats, args.folds,
-                        unet_rows)
+                        unet_rows, fixed=args.fixed_choices, unet_size=args.unet_size)
         if not rows:
             continue
         scores = {k: float(np.mean([r["query"][k] for r in rows])) for k in ("model", "unet")}
@@ -165,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     by_dataset, mean = dataset_table(results)
     write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
                            "queries_per_task": args.queries_per_task, "folds": args.folds,
-                           "unet_steps": args.unet_steps, "query_split": args.query_split,
+                           "unet_steps": args.unet_steps, "unet_size": args.unet_size,
+                           "query_split": args.query_split,
                            "model": args.model or "default", "model_settings": "segment defaults",
+                           "model_checks": "fixed" if args.fixed_choices else "rechosen",
                            "unet_from": args.unet_from, "mean": mean,
                            "datasets": by_dataset, "tasks": results})
     return 0

@@ -168,3 +168,38 @@ def test_benchmark_method_hands_over_per_prediction():
     assert np.array_equal(keep.predict(si, sl, np.stack(q_img), seed=0),
                           plain.predict(si, sl, np.stack(q_img), seed=0))
     assert keep.chosen_methods == ["model"]
+
+
+def test_the_checks_on_parts_of_the_supports_are_not_recorded_as_choices():
+    s_img, s_lab = bright_squares(8, seed=0)
+    q_img, _ = bright_squares(2, seed=1)
+    si, sl = np.stack(s_img), np.stack(s_lab).astype(np.float32)
+    kept = ModelMethod(EchoQuery(40), name="echo", threshold="auto", hand_over=True,
+                       unet_steps=5)
+    for seed in (0, 1):
+        kept.predict(si, sl, np.stack(q_img), seed=seed)
+    assert kept.chosen_methods == ["model", "model"] and kept.last_method == "model"
+    assert len(kept.chosen_thresholds) == 2  # one cut per prediction, none from the folds
+
+
+def test_benchmark_rows_record_each_draws_choice():
+    from incontext.benchmark.protocol import TaskData
+    from incontext.benchmark.runner import BenchmarkConfig, run_method_on_task
+
+    s_img, s_lab = bright_squares(10, seed=0)
+    q_img, q_lab = bright_squares(2, seed=1)
+    task = TaskData(name="toy/2d/square", dataset="toy", pool_images=np.stack(s_img),
+                    pool_labels=np.stack(s_lab).astype(np.float32),
+                    pool_subjects=[f"p{i}" for i in range(10)], query_images=np.stack(q_img),
+                    query_labels=np.stack(q_lab).astype(np.float32),
+                    query_subjects=["q0", "q1"], query_spacing=None, total_queries=2)
+    config = BenchmarkConfig(support_sizes=[8], ensembles=[1], repeats=2, method_repeats={},
+                             queries_per_task=None, seed=0)
+    handed = ModelMethod(Blank(40), name="blank", hand_over=True, unet_steps=STEPS)
+    row = run_method_on_task(handed, task, 8, [1], config)[1][0]
+    assert row.draw_methods == ["unet", "unet"]
+    kept = ModelMethod(EchoQuery(40), name="echo", hand_over=True, unet_steps=5)
+    assert run_method_on_task(kept, task, 8, [1], config)[1][0].draw_methods == ["model"] * 2
+    plain = ModelMethod(EchoQuery(40), name="echo")
+    assert run_method_on_task(plain, task, 8, [1], config)[1][0].draw_methods == []
+

@@ -128,6 +128,20 @@ def test_unet_gate_hands_a_task_to_the_unet_when_it_segments_held_out_supports_b
                         unet_rows=earlier)
     assert again[0]["support"]["unet"] == 0.25 and again[0]["query"]["unet"] == 0.5
     assert again[0]["support"]["model"] == rows[0]["support"]["model"]
+    # fixed choices score the same toy task; a U-Net at another size sees resized images
+    fixed = ug.run_task(EchoQuery(32), _EchoUNet(), _task(), support_size=6, repeats=1,
+                        folds=3, fixed=True)
+    assert fixed[0]["support"]["model"] == pytest.approx(rows[0]["support"]["model"])
+
+    class SizeSpy(_EchoUNet):
+        def predict(self, support_images, support_labels, query_images, *, seed):
+            assert support_images.shape[-1] == query_images.shape[-1] == 16
+            assert set(np.unique(support_labels)) <= {0.0, 1.0}
+            return super().predict(support_images, support_labels, query_images, seed=seed)
+
+    small = ug.run_task(EchoQuery(32), SizeSpy(), _task(), support_size=6, repeats=1, folds=3,
+                        unet_size=16)
+    assert 0.5 < small[0]["query"]["unet"] < 1.0  # the resized echo is close, not exact
 
 
 def test_dataset_table_averages_tasks_then_datasets(capsys):

@@ -82,8 +82,8 @@ class ModelMethod:
     supports most like it (:mod:`incontext.support_selection`), in the support-set checks too.
     ``hand_over=True`` compares the model with a ``supervised-unet`` (grey, ``unet_steps``)
     on the supports of each task and draw, by ``folds``-fold cross-validation, and lets the
-    U-Net segment the queries when it wins by more than ``margin``
-    (:mod:`incontext.hand_over`; ``chosen_methods`` records each choice).
+    U-Net segment the queries when it wins by more than ``margin`` (:mod:`incontext.hand_over`;
+    ``chosen_methods`` records each choice, ``last_method`` the latest).
     """
 
     ensembles = True
@@ -120,6 +120,7 @@ class ModelMethod:
             self._unet = SupervisedUNet(steps=unet_steps,
                                         device=next(model.parameters()).device)
         self.chosen_methods: list[str] = []  # with hand_over: "model" or "unet" per prediction
+        self.last_method: str | None = None  # with hand_over: the latest prediction's choice
         self.nearest = nearest
         self.colour = colour
         self.uses_colour = colour != DEFAULT_COLOUR  # the runner then passes R, G, B
@@ -160,12 +161,13 @@ class ModelMethod:
 
     def _render(self, si: np.ndarray, sl: np.ndarray, qi: np.ndarray,
                 support_colour: np.ndarray | None, query_colour: np.ndarray | None, seed: int
-                ) -> tuple[torch.Tensor, torch.Tensor, Calibration]:
-        """Grey supports and queries in the rendering this method uses, and its calibration."""
+                ) -> tuple[str, torch.Tensor, torch.Tensor, Calibration]:
+        """The rendering this method uses, the supports and queries in it, and its
+        calibration (tiling and cut)."""
         sl_t = torch.from_numpy(sl)
         if self.colour == DEFAULT_COLOUR or support_colour is None or query_colour is None:
             si_t, qi_t = torch.from_numpy(si), torch.from_numpy(qi)
-            return si_t, qi_t, self._calibrate(si_t, sl_t, seed)
+            return DEFAULT_COLOUR, si_t, qi_t, self._calibrate(si_t, sl_t, seed)
         options = renderings(candidates(self.colour), si, qi,
                              check_rgb(support_colour, si, "support_colour"),
                              check_rgb(query_colour, qi, "query_colour"), sl)
@@ -177,12 +179,11 @@ class ModelMethod:
             cals[key] = self._calibrate(s_t, sl_t, seed, always_score=len(options) > 1)
             scores[key] = max(cals[key].scores.values()) if cals[key].scores else None
         chosen = choose_rendering(scores) if len(options) > 1 else next(iter(options))
-        self.chosen_colours.append(chosen)
         cal = cals[chosen]
         if len(options) > 1 and self.threshold != "auto" and is_auto(self.tiles):
             cal = self._calibrate(torch.from_numpy(options[chosen][0]), sl_t, seed)
         s_img, q_img = options[chosen]
-        return torch.from_numpy(s_img), torch.from_numpy(q_img), cal
+        return chosen, torch.from_numpy(s_img), torch.from_numpy(q_img), cal
 
     def predict(self, support_images: np.ndarray, support_labels: np.ndarray,
                 query_images: np.ndarray, *, seed: int, support_colour: np.ndarray | None = None,
@@ -203,30 +204,37 @@ class ModelMethod:
         def model_part(rest: np.ndarray, part: np.ndarray) -> list[np.ndarray]:
             colours = (None, None) if support_colour is None else (support_colour[rest],
                                                                    support_colour[part])
-            return list(self._predict_model(si[rest], sl[rest], si[part], seed, *colours) >= 0.5)
+            return list(self._predict_model(si[rest], sl[rest], si[part], seed, *colours,
+                                            record=False) >= 0.5)
 
         def unet_part(rest: np.ndarray, part: np.ndarray) -> list[np.ndarray]:
             return list(self._unet.predict(si[rest], sl[rest], si[part], seed=seed) >= 0.5)
 
         use = prefers_unet(cross_validated_dice(model_part, truths, folds, seed),
                            cross_validated_dice(unet_part, truths, folds, seed), margin)
-        self.chosen_methods.append("unet" if use else "model")
+        self.last_method = "unet" if use else "model"
+        self.chosen_methods.append(self.last_method)
         if use:
             return self._unet.predict(si, sl, qi, seed=seed)
         return self._predict_model(si, sl, qi, seed, support_colour, query_colour)
 
     def _predict_model(self, si: np.ndarray, sl: np.ndarray, qi: np.ndarray, seed: int,
-                       support_colour: np.ndarray | None, query_colour: np.ndarray | None
-                       ) -> np.ndarray:
-        """The model's probabilities (no hand-over)."""
-        si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
-        if self.threshold == "auto":
-            self.chosen_thresholds.append(cal.threshold)
-        if is_auto(self.tiles):
-            self.chosen_tiles.append(int(cal.tiles))
+                       support_colour: np.ndarray | None, query_colour: np.ndarray | None,
+                       record: bool = True) -> np.ndarray:
+        """The model's probabilities (no hand-over); ``record`` adds the choices made to
+        ``chosen_colours``, ``chosen_thresholds`` and ``chosen_tiles`` (not for the
+        hand-over's checks on parts of the supports)."""
+        name, si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
+        if record:
+            if self.colour != DEFAULT_COLOUR and support_colour is not None \
+                    and query_colour is not None:
+                self.chosen_colours.append(name)
+            if self.threshold == "auto":
+                self.chosen_thresholds.append(cal.threshold)
+            if is_auto(self.tiles):
+                self.chosen_tiles.append(int(cal.tiles))
         prob = self._run(int(cal.tiles), qi_t, si_t, torch.from_numpy(sl)).clamp(0, 1)
-        prob = rescale_to_threshold(prob, float(cal.threshold))
-        return prob.numpy().astype(np.float32)
+        return rescale_to_threshold(prob, float(cal.threshold)).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "kind": "in-context model",

@@ -59,6 +59,9 @@ class Row:
     seconds: float  # prediction time of this row (all draws and members)
     seconds_per_query: float  # seconds / (draws * queries)
     draw_dice: list[float] = field(default_factory=list)
+    # per draw, what segmented the queries when the method chooses (``--model-hand-over``):
+    # "model", "unet", or "mixed" (ensemble members chose differently); empty otherwise
+    draw_methods: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +182,8 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def make_row(method: str, task: TaskData, n: int, ensemble: int, draws: Sequence[Draw],
-             members: int, scores: Sequence[dict[str, Any]], seconds: float) -> Row:
+             members: int, scores: Sequence[dict[str, Any]], seconds: float,
+             draw_methods: Sequence[str] = ()) -> Row:
     """Aggregate per-draw scores: queries -> mean per draw -> mean/std over draws."""
     per_draw = [float(s["dice"].mean()) for s in scores]
     hd_px = [_nanmean(s["hd95"]) for s in scores]
@@ -198,7 +202,7 @@ def make_row(method: str, task: TaskData, n: int, ensemble: int, draws: Sequence
         empty_targets=int(scores[0]["empty_targets"]),
         empty_empty=int(sum(s["empty_empty"] for s in scores)),
         seconds=float(seconds), seconds_per_query=float(seconds / max(len(draws) * q, 1)),
-        draw_dice=per_draw,
+        draw_dice=per_draw, draw_methods=list(draw_methods),
     )
 
 
@@ -217,9 +221,10 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
     show = example_query(task)
     member_probs: list[list[np.ndarray]] = []
     member_secs: list[list[float]] = []
+    member_methods: list[list[str]] = []  # per draw and member, what predicted (when chosen)
     colour = getattr(method, "uses_colour", False) and task.pool_colour is not None
     for draw in draws:
-        probs, secs = [], []
+        probs, secs, methods = [], [], []
         for idx in ensemble_members(draw, task.pool_size, k_max):
             extra = ({"support_colour": task.pool_colour[idx], "query_colour": task.query_colour}
                      if colour else {})
@@ -227,6 +232,8 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
             p = method.predict(task.pool_images[idx], task.pool_labels[idx], task.query_images,
                                seed=draw.seed, **extra)
             secs.append(time.perf_counter() - t0)
+            if getattr(method, "last_method", None) is not None:
+                methods.append(method.last_method)
             p = np.asarray(p, dtype=np.float32)
             if p.shape != task.query_images.shape:
                 raise RuntimeError(f"{method.name}: predicted shape {p.shape} for queries "
@@ -234,6 +241,7 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
             probs.append(p)
         member_probs.append(probs)
         member_secs.append(secs)
+        member_methods.append(methods)
     out = {}
     for k in ensembles:
         scores, seconds, example = [], 0.0, None
@@ -251,8 +259,15 @@ def run_method_on_task(method: Any, task: TaskData, n: int, ensembles: Sequence[
                     "uncertainty": (np.clip(unc, 0, 1) * 255).round().astype(np.uint8),
                 }
         members = len(member_probs[0][:k])
-        out[k] = (make_row(method.name, task, n, k, draws, members, scores, seconds), example)
+        chosen = [_one_method(m[:k]) for m in member_methods if m]
+        out[k] = (make_row(method.name, task, n, k, draws, members, scores, seconds, chosen),
+                  example)
     return out
+
+
+def _one_method(methods: Sequence[str]) -> str:
+    """One draw's members' choices as one word: the shared choice, or "mixed"."""
+    return methods[0] if len(set(methods)) == 1 else "mixed"
 
 
 ProgressHook = Callable[[str, dict[str, Any]], None]
