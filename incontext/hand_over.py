@@ -11,7 +11,10 @@ handed-over label, ``folds`` for the others) buys accuracy only where the suppor
 
 Measured on the training pool's val split (N = 16, 2 draws, benchmarks/unet_gate.py; see
 MODEL_CARD.md): mean Dice of 8 labelled datasets 73.3 -> 74.1, EM membranes +6.1, no dataset
-lower. It trains a network per task, so it is opt-in (``incontext segment --hand-over``).
+lower. On large images (those ``segment`` tiles by default) the U-Net works at twice the
+model's resolution: on the pool's 256-px thin-structure tasks that lifts the hand-over from
+68.5 to 72.3 (docs/segment.md). It trains a network per task, so it is opt-in
+(``incontext segment --hand-over``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from incontext.inference import (
 )
 from incontext.metrics import dice
 from incontext.preprocessing import pad_to_square, resize_mask_soft, resize_probabilities
+from incontext.tiling import default_tiles, tiled_size
 
 DEFAULT_MARGIN = 0.03  # chosen on the training pool's val split (benchmarks/unet_gate.py)
 DEFAULT_FOLDS = 4
@@ -53,6 +57,7 @@ class HandOverChoice:
     unet_dice: float | None  # the same for U-Nets trained on the other parts
     supports: int  # supports that those means are over (0: too few to compare)
     method: str  # "model" or "unet"
+    unet_size: int = 0  # side of the images the U-Net was compared (and would work) at
 
 
 def check_settings(margin: float, folds: int, unet_steps: int) -> None:
@@ -63,6 +68,15 @@ def check_settings(margin: float, folds: int, unet_steps: int) -> None:
         raise ValueError(f"hand-over: unet_steps must be at least 1, got {unet_steps}")
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"hand-over: margin must be in [0, 1), got {margin}")
+
+
+def unet_working_size(shapes: Sequence[Sequence[int]], resolution: int) -> int:
+    """The U-Net's image side for supports of ``shapes``: twice the model ``resolution`` when
+    they are large enough for ``segment`` to tile them by default
+    (:func:`incontext.tiling.default_tiles`; the model then works at that size too), else
+    ``resolution``."""
+    large = default_tiles(shapes, resolution) != 1
+    return tiled_size(resolution, 2) if large else resolution
 
 
 def fold_parts(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -101,16 +115,19 @@ class UNetHandOver:
     keyword options: tiles, threshold, colour, ...). The comparison on the supports runs
     on the first call of :meth:`segment` and is kept, with the trained U-Nets, for later
     calls (so one object segments any number of queries from the same supports);
-    :attr:`choices` says what was chosen. The U-Net works on grey images at the model's
-    resolution (square-padded, as the model sees them) with the ``supervised-unet``
-    baseline's recipe, ``unet_steps`` Adam steps on the model's device.
+    :attr:`choices` says what was chosen. The U-Net works on grey, square-padded images of
+    side ``unet_size`` (default :func:`unet_working_size`: the model's resolution, twice it
+    for large images) with the ``supervised-unet`` baseline's recipe, ``unet_steps`` Adam
+    steps on the model's device.
     """
 
     def __init__(self, model: nn.Module, support_images, support_labels, *,
                  margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
-                 unet_steps: int = DEFAULT_UNET_STEPS, seed: int = 0,
-                 **segment_options) -> None:
+                 unet_steps: int = DEFAULT_UNET_STEPS, unet_size: int | None = None,
+                 seed: int = 0, **segment_options) -> None:
         check_settings(margin, folds, unet_steps)
+        if unet_size is not None and unet_size < 16:
+            raise ValueError(f"hand-over: unet_size must be at least 16, got {unet_size}")
         for key in ("reuse", "seed"):
             if key in segment_options:
                 raise ValueError(f"hand-over: {key!r} is managed by UNetHandOver")
@@ -123,7 +140,8 @@ class UNetHandOver:
         self.options = segment_options
         device = next(model.parameters()).device
         self.unet = SupervisedUNet(steps=unet_steps, device=device)
-        self.resolution = _model_resolution(model)
+        self.size = unet_size or unet_working_size(
+            [im.shape for im in self.support_images], _model_resolution(model))
         self.choices: list[HandOverChoice] = []
         self._networks: dict[int, nn.Module] = {}
         self._reuse: dict = {}  # the model's support checks on all supports, run once
@@ -149,7 +167,7 @@ class UNetHandOver:
         for value in labels:
             truths = [lab == value for lab in label_maps]
             if not any(t.any() for t in truths):  # not in the supports: nothing to learn
-                choices.append(HandOverChoice(value, None, None, 0, "model"))
+                choices.append(HandOverChoice(value, None, None, 0, "model", self.size))
                 continue
             targets = self._targets(truths)
             model_dice = cross_validated_dice(
@@ -161,26 +179,28 @@ class UNetHandOver:
             use = prefers_unet(model_dice, unet_dice, self.margin)
             choices.append(HandOverChoice(value, model_dice, unet_dice,
                                           len(truths) if model_dice is not None else 0,
-                                          "unet" if use else "model"))
+                                          "unet" if use else "model", self.size))
             if use:
                 self._networks[value] = self.unet.fit(grey, targets, seed=self.seed)
         return choices
 
     def _grey(self, images: list[np.ndarray], what: str) -> np.ndarray:
-        """(N, R, R) grey images prepared as the model's inputs."""
-        return _prepare_images(images, self.resolution, what,
+        """(N, R, R) grey images at the U-Net's size, prepared as the model's inputs are."""
+        return _prepare_images(images, self.size, what,
                                self.options.get("modality", "other"),
                                self.options.get("window"),
                                normalized=bool(self.options.get("supports_normalized"))
                                and what == "support image")
 
     def _targets(self, truths: list[np.ndarray]) -> np.ndarray:
-        """(S, R, R) 0/1 training masks at the model's resolution."""
+        """(S, R, R) 0/1 training masks at the U-Net's size."""
         return np.stack([(resize_mask_soft(pad_to_square(t.astype(np.float32)),
-                                           self.resolution) >= 0.5).numpy()
+                                           self.size) >= 0.5).numpy()
                          for t in truths]).astype(np.float32)
 
     def _model_masks(self, rest: np.ndarray, part: np.ndarray, value: int) -> list[np.ndarray]:
+        """The model's masks of supports ``part`` from supports ``rest``, its tiling, cut and
+        rendering chosen on ``rest`` alone (so the comparison is fair to the U-Net)."""
         images = [self.support_images[i] for i in part]
         options = {**self.options, "labels": [value]}
         with warnings.catch_warnings():  # a label missing from some folds is expected here

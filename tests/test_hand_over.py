@@ -13,6 +13,7 @@ from incontext.hand_over import (
     cross_validated_dice,
     fold_parts,
     prefers_unet,
+    unet_working_size,
 )
 from incontext.inference import segment
 from incontext.metrics import dice
@@ -203,3 +204,17 @@ def test_benchmark_rows_record_each_draws_choice():
     plain = ModelMethod(EchoQuery(40), name="echo")
     assert run_method_on_task(plain, task, 8, [1], config)[1][0].draw_methods == []
 
+
+def test_the_unet_works_at_twice_the_model_size_on_large_images():
+    assert unet_working_size([(40, 40)] * 3, 32) == 32
+    assert unet_working_size([(300, 500), (64, 64), (280, 280)], 128) == 256  # median 280
+    assert unet_working_size([(200, 600)] * 2, 128) == 128  # shorter side under 256
+    s_img, s_lab = bright_squares(4, seed=0, size=80)
+    hand = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS)
+    assert hand.size == 64
+    result = hand.segment(s_img[0])  # a blank model: the U-Net takes over, at 64 px
+    assert hand.choices[0].unet_size == 64 and result.methods == ["unet"]
+    assert result.mask.shape == (80, 80) and dice(result.mask == 1, s_lab[0] == 1) > 0.5
+    assert UNetHandOver(Blank(32), s_img, s_lab, unet_size=48).size == 48
+    with pytest.raises(ValueError, match="unet_size"):
+        UNetHandOver(Blank(32), s_img, s_lab, unet_size=4)

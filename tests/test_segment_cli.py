@@ -659,6 +659,7 @@ def test_hand_over_compares_on_the_supports_and_reports_it(tmp_path, model_path,
     wins = prefers_unet(compared["model_dice"], compared["unet_dice"], DEFAULT_MARGIN)
     assert choice["method"] == compared["method"] == ("unet" if wins else "model")
     assert "segmented by" in printed and f"U-Net {compared['unet_dice']:.2f}" in printed
+    assert compared["unet_size"] == 32 and "U-Net at 32 px" in printed  # 48-px images
     assert np.asarray(Image.open(out / "case2.png")).shape == (48, 48)
     data = make_nnunet(tmp_path / "ds", n=2)
     argv = ["segment", "--support-dir", str(data), "--query",

@@ -125,13 +125,15 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
 
 
 def _method_text(c: LabelChoice) -> str:
-    """'U-Net (model 0.61, U-Net 0.72 cross-validated)' for the --hand-over column."""
+    """'U-Net (model 0.61, U-Net 0.72 cross-validated; U-Net at 128 px)' for the
+    --hand-over column."""
     h = c.hand_over
     if h is None or h["model_dice"] is None or h["unet_dice"] is None:
         # fewer than 2 supports, or none showing the label
         return "model (not compared)" if c.method == "model" else c.method
     name = "U-Net" if c.method == "unet" else "model"
-    return f"{name} (model {h['model_dice']:.2f}, U-Net {h['unet_dice']:.2f} cross-validated)"
+    return (f"{name} (model {h['model_dice']:.2f}, U-Net {h['unet_dice']:.2f} cross-validated; "
+            f"U-Net at {h['unet_size']} px)")
 
 
 def write_report(path: Path, report: RunReport) -> Path:
