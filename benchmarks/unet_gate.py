@@ -26,7 +26,8 @@ Prints a table (Dice x 100 per dataset) and writes results/unet_gate.json. The U
 trainings dominate the time (about 5 min per task on 1 thread); ``--unet-from JSON`` takes
 the U-Net's scores from an earlier run with the same draws, folds and steps instead.
 ``--fixed-choices`` keeps the model's cut, tiling and rendering chosen on all the supports in
-its folds, as ``segment --hand-over`` does since session 19 (results/unet_gate-fixed.json);
+its folds (cheaper; tried in session 19 and not adopted by ``segment --hand-over``, which
+chooses again in every fold: MODEL_CARD.md; results/unet_gate-fixed.json);
 ``--unet-size S`` trains and runs the U-Net on images resized to S px (e.g. 128 on 256-px
 indexes, to compare U-Net working sizes).
 """
@@ -79,14 +80,16 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
         return {"tiles": first.tiles[0], "threshold": first.thresholds[0],
                 "colour": first.colours[0]}
 
+    def resized(x: np.ndarray) -> np.ndarray:  # (N, H, W) at the U-Net's size
+        return resize_stack(torch.from_numpy(x), unet_size).numpy()
+
     def unet_dice(q, truth, si, sl, seed) -> np.ndarray:
         if unet_size is None or unet_size == q.shape[-1]:
-            prob = torch.from_numpy(unet.predict(si, sl, q, seed=seed))
+            prob = unet.predict(si, sl, q, seed=seed)
         else:
-            prob = resize_stack(torch.from_numpy(unet.predict(
-                resize_stack(torch.from_numpy(si), unet_size).numpy(),
-                (resize_stack(torch.from_numpy(sl), unet_size) >= 0.5).float().numpy(),
-                resize_stack(torch.from_numpy(q), unet_size).numpy(), seed=seed)), q.shape[-2:])
+            prob = unet.predict(resized(si), (resized(sl) >= 0.5).astype(np.float32),
+                                resized(q), seed=seed)
+        prob = resize_stack(torch.from_numpy(prob), q.shape[-2:])
         return dice_at(prob, torch.from_numpy(truth))
 
     n_q = len(task.query_images)
@@ -157,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
         earlier = json.loads(Path(args.unet_from).read_text())
         same = {k: earlier.get(k) == getattr(args, k) for k in
-                ("support_size", "repeats", "queries_per_task", "folds", "unet_steps", "unet_size",
-                 "query_split")}
+                ("support_size", "repeats", "queries_per_task", "folds", "unet_steps",
+                 "unet_size", "query_split")}
         if not all(same.values()):
             parser.error(f"--unet-from {args.unet_from}: another setup "
                          f"({', '.join(k for k, ok in same.items() if not ok)} differ)")

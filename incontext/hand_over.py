@@ -57,7 +57,7 @@ class HandOverChoice:
     unet_dice: float | None  # the same for U-Nets trained on the other parts
     supports: int  # supports that those means are over (0: too few to compare)
     method: str  # "model" or "unet"
-    unet_size: int = 0  # side of the images the U-Net was compared (and would work) at
+    unet_size: int  # side of the images the U-Net was compared (and would work) at
 
 
 def check_settings(margin: float, folds: int, unet_steps: int) -> None:

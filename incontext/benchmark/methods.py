@@ -159,13 +159,19 @@ class ModelMethod:
                                             seed=seed)[0], float(threshold))
         return Calibration(int(tiles), float(threshold))
 
+    def _renders_colour(self, support_colour: np.ndarray | None,
+                        query_colour: np.ndarray | None) -> bool:
+        """True when this method renders the task's R, G, B its own way (not plain grey)."""
+        return self.colour != DEFAULT_COLOUR and support_colour is not None \
+            and query_colour is not None
+
     def _render(self, si: np.ndarray, sl: np.ndarray, qi: np.ndarray,
                 support_colour: np.ndarray | None, query_colour: np.ndarray | None, seed: int
                 ) -> tuple[str, torch.Tensor, torch.Tensor, Calibration]:
         """The rendering this method uses, the supports and queries in it, and its
         calibration (tiling and cut)."""
         sl_t = torch.from_numpy(sl)
-        if self.colour == DEFAULT_COLOUR or support_colour is None or query_colour is None:
+        if not self._renders_colour(support_colour, query_colour):
             si_t, qi_t = torch.from_numpy(si), torch.from_numpy(qi)
             return DEFAULT_COLOUR, si_t, qi_t, self._calibrate(si_t, sl_t, seed)
         options = renderings(candidates(self.colour), si, qi,
@@ -226,8 +232,7 @@ class ModelMethod:
         hand-over's checks on parts of the supports)."""
         name, si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
         if record:
-            if self.colour != DEFAULT_COLOUR and support_colour is not None \
-                    and query_colour is not None:
+            if self._renders_colour(support_colour, query_colour):
                 self.chosen_colours.append(name)
             if self.threshold == "auto":
                 self.chosen_thresholds.append(cal.threshold)
