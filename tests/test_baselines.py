@@ -173,6 +173,26 @@ def test_supervised_unet_learns_disks():
     assert method.describe()["steps"] == 40
 
 
+@pytest.mark.parametrize("prior_bias", [True, False])
+def test_supervised_unet_starts_at_the_foreground_fraction(prior_bias):
+    # sparse foreground (about 2 %): a U-Net that starts at p = 0.5 everywhere tends to fall
+    # into predicting nothing; the prior start begins near the supports' fraction instead
+    si, _ = disks(4, (32, 32), seed=25)
+    sl = np.zeros_like(si)
+    sl[:, 10:12, 4:14] = 1.0
+    method = get_baseline("supervised-unet", steps=0, prior_bias=prior_bias)
+    network = method.fit(si, sl, seed=0)
+    start = float(method.infer(network, si).mean())
+    fraction = float(sl.mean())
+    if prior_bias:
+        assert abs(float(network.head.bias) - np.log(fraction / (1 - fraction))) < 1e-5
+        assert start < 0.2
+    else:
+        assert float(network.head.bias) != pytest.approx(np.log(fraction / (1 - fraction)))
+        assert start > 0.3
+    assert method.describe()["head_bias"] == ("foreground prior" if prior_bias else "default init")
+
+
 def test_supervised_unet_seed_matters_and_global_rng_untouched():
     si, sl = disks(2, (24, 24), seed=19)
     torch.manual_seed(123)

@@ -124,6 +124,12 @@ def augment(
     return x, y
 
 
+def foreground_logit(labels: np.ndarray, floor: float = 1e-3) -> float:
+    """Logit of the labels' foreground fraction, clipped to [floor, 1 - floor]."""
+    fraction = float(np.clip(np.mean(labels), floor, 1.0 - floor))
+    return math.log(fraction / (1.0 - fraction))
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE + soft Dice (per-sample Dice, smoothed by 1, averaged over the batch)."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -140,6 +146,9 @@ class SupervisedUNet(Baseline):
     Adam with a fixed budget of ``steps`` mini-batches of ``batch_size`` supports sampled with
     replacement, each freshly augmented; loss BCE + soft Dice. Weight init, sampling and
     augmentation all follow ``seed`` (the global torch RNG state is restored afterwards).
+    ``prior_bias`` starts the output layer at the supports' foreground fraction instead of
+    p = 0.5: from the even start, 100 steps on sparse thin structures often end in a network
+    that predicts nothing (pool pseudo-labelled vessels: 2 of 6 trainings; MODEL_CARD.md).
     The default budget (150 steps x 4 images) costs about 20-35 s per task at 128 x 128 on one
     CPU core, independent of the number of supports (docs/metrics.md has the measurement).
     ``max_threads`` caps torch's intra-op threads while this method runs. ``device``
@@ -159,6 +168,7 @@ class SupervisedUNet(Baseline):
         base_features: int = 16,
         groups: int = 8,
         augmentation: bool = True,
+        prior_bias: bool = True,
         max_threads: int | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -174,6 +184,7 @@ class SupervisedUNet(Baseline):
         self.base_features = int(base_features)
         self.groups = int(groups)
         self.augmentation = bool(augmentation)
+        self.prior_bias = bool(prior_bias)
         self.max_threads = max_threads
         self.device = resolve_device(str(device))
         self.last_train_seconds: float | None = None
@@ -224,6 +235,9 @@ class SupervisedUNet(Baseline):
                           ).to(self.device)
         x_all, _ = _pad_to_multiple(x_all, model.multiple)
         y_all, _ = _pad_to_multiple(torch.from_numpy(labels)[:, None], model.multiple)
+        if self.prior_bias:  # start at the supports' foreground fraction, not at p = 0.5
+            with torch.no_grad():
+                model.head.bias.fill_(foreground_logit(labels))
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         model.train()
         for _ in range(self.steps):
@@ -260,6 +274,7 @@ class SupervisedUNet(Baseline):
             "levels": self.levels,
             "base_features": self.base_features,
             "norm": f"groupnorm({self.groups})",
+            "head_bias": "foreground prior" if self.prior_bias else "default init",
             "augmentation": "flips, rot90, affine(rot 15deg, scale 0.1, shift 0.05), "
             "brightness 0.1, contrast 0.2"
             if self.augmentation
