@@ -29,7 +29,9 @@ the U-Net's scores from an earlier run with the same draws, folds and steps inst
 its folds (cheaper; tried in session 19 and not adopted by ``segment --hand-over``, which
 chooses again in every fold: MODEL_CARD.md; results/unet_gate-fixed.json);
 ``--unet-size S`` trains and runs the U-Net on images resized to S px (e.g. 128 on 256-px
-indexes, to compare U-Net working sizes).
+indexes, to compare U-Net working sizes). ``--no-prior-bias`` trains the U-Net as before
+session 20 (results/unet_gate.json, -fixed, -luma, unet_gate256-*: that recipe;
+results/unet_gate-prior.json: the current one).
 """
 
 from __future__ import annotations
@@ -148,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                              "indexes, draws, folds and steps) instead of training")
     parser.add_argument("--unet-size", type=int, default=None,
                         help="train and run the U-Net at this side (default: the index's)")
+    parser.add_argument("--no-prior-bias", action="store_true",
+                        help="the U-Net recipe before session 20 (output layer from PyTorch's "
+                             "default start, not the supports' foreground fraction)")
     parser.add_argument("--fixed-choices", action="store_true",
                         help="the model's folds keep the tiling, cut and rendering chosen on "
                              "all the supports (cheaper) instead of choosing them again")
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         same = {k: earlier.get(k) == getattr(args, k) for k in
                 ("support_size", "repeats", "queries_per_task", "folds", "unet_steps",
                  "unet_size", "query_split")}
+        same["unet_prior_bias"] = (earlier.get("unet_prior_bias", False)
+                                   == (not args.no_prior_bias))
         if not all(same.values()):
             parser.error(f"--unet-from {args.unet_from}: another setup "
                          f"({', '.join(k for k, ok in same.items() if not ok)} differ)")
@@ -173,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = incontext.load_model(args.model) if args.model else incontext.load_model()
     model.eval()
-    unet = get_baseline("supervised-unet", steps=args.unet_steps)
+    unet = get_baseline("supervised-unet", steps=args.unet_steps,
+                        prior_bias=not args.no_prior_bias)
     results: dict[str, dict] = {}
     for name, task in pool_tasks(args):
         start = time.perf_counter()
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
                            "queries_per_task": args.queries_per_task, "folds": args.folds,
                            "unet_steps": args.unet_steps, "unet_size": args.unet_size,
+                           "unet_prior_bias": not args.no_prior_bias,
                            "query_split": args.query_split,
                            "model": args.model or "default", "model_settings": "segment defaults",
                            "model_checks": "fixed" if args.fixed_choices else "rechosen",

@@ -1,6 +1,8 @@
 """benchmarks/support_dice.py and method_gate.py: the support-set check as an estimate, and
 a gate between the model and training-free baselines, on tasks with known answers."""
 
+import json
+
 import numpy as np
 import pytest
 from bench_scripts import load_script
@@ -142,6 +144,22 @@ def test_unet_gate_hands_a_task_to_the_unet_when_it_segments_held_out_supports_b
     small = ug.run_task(EchoQuery(32), SizeSpy(), _task(), support_size=6, repeats=1, folds=3,
                         unet_size=16)
     assert 0.5 < small[0]["query"]["unet"] < 1.0  # the resized echo is close, not exact
+
+
+def test_unet_gate_refuses_unet_scores_of_another_recipe(tmp_path, capsys):
+    ug = load_script("unet_gate")
+    setup = {"support_size": 16, "repeats": 2, "queries_per_task": 16, "folds": 4,
+             "unet_steps": 100, "unet_size": None, "query_split": "val"}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(setup))  # no unet_prior_bias: a run before session 20
+    with pytest.raises(SystemExit):
+        ug.main(["--index", str(tmp_path / "none.h5"), "--unet-from", str(earlier)])
+    assert "unet_prior_bias" in capsys.readouterr().err
+    earlier.write_text(json.dumps({**setup, "unet_prior_bias": True}))
+    with pytest.raises(SystemExit):
+        ug.main(["--index", str(tmp_path / "none.h5"), "--unet-from", str(earlier),
+                 "--no-prior-bias"])
+    assert "unet_prior_bias" in capsys.readouterr().err
 
 
 def test_dataset_table_averages_tasks_then_datasets(capsys):

@@ -147,8 +147,10 @@ class SupervisedUNet(Baseline):
     replacement, each freshly augmented; loss BCE + soft Dice. Weight init, sampling and
     augmentation all follow ``seed`` (the global torch RNG state is restored afterwards).
     ``prior_bias`` starts the output layer at the supports' foreground fraction instead of
-    p = 0.5: from the even start, 100 steps on sparse thin structures often end in a network
-    that predicts nothing (pool pseudo-labelled vessels: 2 of 6 trainings; MODEL_CARD.md).
+    near p = 0.5: from that even start, 100 steps on small or thin structures often end in a
+    network that predicts nothing (training pool's val split, N = 16, 100 steps,
+    benchmarks/unet_gate.py: mean Dice of 9 datasets 65.0 -> 69.5, breast lesions 13.9 ->
+    38.9; MODEL_CARD.md, "Session 20").
     The default budget (150 steps x 4 images) costs about 20-35 s per task at 128 x 128 on one
     CPU core, independent of the number of supports (docs/metrics.md has the measurement).
     ``max_threads`` caps torch's intra-op threads while this method runs. ``device``
