@@ -13,8 +13,8 @@ Measured on the training pool's val split (N = 16, 2 draws, benchmarks/unet_gate
 MODEL_CARD.md): mean Dice of 8 labelled datasets 73.3 -> 74.0 (EM membranes +6.8, breast
 lesions -1.4 from one draw), pseudo-labelled vessels 51.1 -> 80.4. On large images (those
 ``segment`` tiles by default) the U-Net works at twice the model's resolution: on the pool's
-256-px thin-structure tasks that lifts the hand-over from 71.9 to 76.2 (docs/segment.md). It trains a network per task, so it is opt-in
-(``incontext segment --hand-over``).
+256-px thin-structure tasks that lifts the hand-over from 71.9 to 76.2 (docs/segment.md).
+It trains a network per task, so it is opt-in (``incontext segment --hand-over``).
 """
 
 from __future__ import annotations
@@ -244,6 +244,6 @@ class UNetHandOver:
             thresholds[li] = 0.5
             support_dice[li] = estimates[value].unet_dice
             support_checks[li] = estimates[value].supports
-        return replace(result, mask=label_map(prob, result.labels, cut), probabilities=prob, uncertainty=unc, methods=methods,
-                       thresholds=thresholds, support_dice=support_dice,
-                       support_checks=support_checks)
+        return replace(result, mask=label_map(prob, result.labels, cut), probabilities=prob,
+                       uncertainty=unc, methods=methods, thresholds=thresholds,
+                       support_dice=support_dice, support_checks=support_checks)
