@@ -3,7 +3,8 @@
 Each (implementation, support size, batch) runs in a fresh subprocess. Peak memory
 is the kernel's resident-set high-water mark (VmHWM, reset through
 /proc/self/clear_refs just before the first forward pass, with model and inputs
-built) minus the resident size at that moment. Latency is the median of ``--repeats`` timed passes after one warm-up, with the
+built) minus the resident size at that moment. Latency is the median of ``--repeats`` timed
+passes after one warm-up, with the
 two implementations timed alternately in one process so that their ratio is
 robust to load from other processes.
 

@@ -17,7 +17,8 @@ Run it on training-pool indexes only, on the val split (choices are tuned there)
     I=""; for d in jsrt busi ph2 hc18 drions_od monuseg isbi_em left_atrium_3d drions_vessels; do
         I="$I --index /work/indexes/train-colour/$d.h5"; done
     OMP_NUM_THREADS=1 python benchmarks/model_choice.py $I --query-split val \\
-        --models incontext-universeg-s128-colour,incontext-universeg-w64-vessels,incontext-universeg-s128-vessels
+        --models incontext-universeg-s128-colour,incontext-universeg-w64-vessels,\\
+incontext-universeg-s128-vessels
 
 Prints Dice x 100 per dataset and variant; writes results/model_choice.json.
 """

@@ -1,7 +1,8 @@
 """What the task-by-task experiment scripts here share: their options, the tasks of their
 indexes, images as ``segment`` takes them, and an atomic JSON write.
 
-Used by ``support_dice.py``, ``method_gate.py``, ``model_choice.py`` and ``unet_gate.py`` (each imports it
+Used by ``support_dice.py``, ``method_gate.py``, ``model_choice.py`` and ``unet_gate.py``
+(each imports it
 from this folder); ``volume_check.py`` and ``volume_settings.py`` share ``labelled_volumes``.
 """
 

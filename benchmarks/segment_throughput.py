@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="queries per forward pass (default: the library's, 1 on CPU, 8 on GPU)")
+                        help="queries per forward pass "
+                             "(default: the library's, 1 on CPU, 8 on GPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/segment_throughput-<device>.json)")
     args = parser.parse_args(argv)

@@ -16,7 +16,8 @@ Run it on training-pool indexes only (choices are tuned there, never on held-out
     I=""; for d in jsrt busi ph2 hc18 drions_od monuseg isbi_em left_atrium_3d drions_vessels; do
         I="$I --index /work/indexes/train-colour/$d.h5"; done
     OMP_NUM_THREADS=1 python benchmarks/tile_blend.py $I \\
-        --tasks "jsrt/2d/heart,jsrt/2d/left clavicle,busi/*,ph2/*,hc18/*,drions_od/*,monuseg/*,isbi_em/*,left_atrium_3d/axis0/*,drions_vessels/*"
+        --tasks "jsrt/2d/heart,jsrt/2d/left clavicle,busi/*,ph2/*,hc18/*,drions_od/*,monuseg/*,\\
+isbi_em/*,left_atrium_3d/axis0/*,drions_vessels/*"
 
 Prints a table (Dice x 100 per task, mean over tasks) and writes results/tile_blend.json.
 """

@@ -4,7 +4,8 @@ On the held-out datasets a U-Net trained per task on the N supports (``supervise
 100 steps) beats the in-context model on thin vessels and polyps, and loses on WBC. A
 per-task choice between the two, made on the supports alone, would train only where the
 supports say it pays (now ``incontext segment --hand-over``, :mod:`incontext.hand_over`,
-whose margin, 0.03, was chosen here). This script measures such a gate on a training pool: for each task
+whose margin, 0.03, was chosen here). This script measures such a gate on a training pool:
+for each task
 and draw (supports from the train split, queries from ``--query-split``) the supports are
 cut into ``--folds`` parts; the model (``incontext.segment``'s defaults: cut and colour
 rendering chosen on the supports) and a U-Net trained on the other parts (grey, as the

@@ -1,4 +1,5 @@
-"""Data recipes, found by name: ``png-pairs`` -> module ``data_recipes.png_pairs``, attribute ``RECIPE``.
+"""Data recipes, found by name: ``png-pairs`` -> module ``data_recipes.png_pairs``,
+attribute ``RECIPE``.
 
 A recipe that takes options exposes ``with_options(**options) -> Recipe``;
 :func:`get_recipe` applies them. A name of the form ``package.module:ATTR`` loads a

@@ -235,10 +235,12 @@ class LabelMapMasks(Mapping):
 
 def check_label_values(label_map: np.ndarray, allowed: Iterable[int], path: Path) -> None:
     """Raise RecipeError if ``label_map`` holds values outside ``allowed``."""
-    if label_map.dtype.kind in "iu" and label_map.size and 0 <= label_map.min() and label_map.max() < 65536:
+    if (label_map.dtype.kind in "iu" and label_map.size and 0 <= label_map.min()
+            and label_map.max() < 65536):
         present = np.nonzero(np.bincount(label_map.ravel()))[0]
     else:
         present = np.unique(label_map)
     extra = sorted(set(present.tolist()) - set(allowed))
     if extra:
-        raise RecipeError(f"{path}: unexpected label values {extra[:8]}; expected {sorted(allowed)}")
+        raise RecipeError(f"{path}: unexpected label values {extra[:8]}; "
+                          f"expected {sorted(allowed)}")

@@ -194,7 +194,8 @@ class BrainAtlasesRecipe:
         wanted = [t.strip() for t in self.templates.split(",") if t.strip()] or list(TEMPLATES)
         unknown = sorted(set(wanted) - set(TEMPLATES))
         if unknown:
-            raise RecipeError(f"brain-atlases: unknown template(s) {unknown}; known: {list(TEMPLATES)}")
+            raise RecipeError(f"brain-atlases: unknown template(s) {unknown}; "
+                              f"known: {list(TEMPLATES)}")
         return [t for t in wanted if package_dir(TEMPLATES[t][0]) is not None]
 
     def _atlas_values(self) -> dict[str, int]:

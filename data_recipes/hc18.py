@@ -2,7 +2,8 @@
 
 The subject id is the file stem (``000_HC``, ``000_2HC``); frames of one examination
 share ``ref.extra["split_group"]`` = ``NNN``, which the index builder splits by, so
-frames of one examination never land in different splits. Spacing comes from ``training_set_pixel_size_and_HC.csv``: the CSV pixel size
+frames of one examination never land in different splits. Spacing comes from
+``training_set_pixel_size_and_HC.csv``: the CSV pixel size
 refers to the original 800x540 images, so for the 256x173 files here it is scaled by
 800 / 256; files of other sizes (original size unknown) get no spacing.
 """

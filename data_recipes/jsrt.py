@@ -35,7 +35,8 @@ class JSRTRecipe:
             source="JSRT database with SCR masks",
             citation=(
                 "Shiraishi et al., AJR 174(1):71-74, 2000; van Ginneken, Stegmann, Loog, "
-                "Segmentation of anatomical structures in chest radiographs, MedIA 10(1):19-40, 2006"
+                "Segmentation of anatomical structures in chest radiographs, "
+                "MedIA 10(1):19-40, 2006"
             ),
             license="SCR: research/education only, no redistribution; JSRT terms apply",
             extra={"laterality": "patient's left/right (patient's right lung is on image left)"},

@@ -1,4 +1,5 @@
-"""Device names for inference and training: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+"""Device names for inference and training: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+``"mps"``.
 
 ``"auto"`` picks the first CUDA GPU when one is available, else the CPU (Apple's
 ``mps`` backend only when named). A device that is named but not available is an

@@ -224,7 +224,8 @@ def _first(args: argparse.Namespace, *names: str, default=None):
 
 
 def run_text_segmentation(args: argparse.Namespace) -> int:
-    """Segment ``args.images`` (or ``args.query``) by ``args.text`` names; write masks to ``args.out``.
+    """Segment ``args.images`` (or ``args.query``) by ``args.text`` names; write masks to
+    ``args.out``.
 
     Writes ``<stem>.png`` (label map, value i = i-th class), optionally ``<stem>.npy``
     probabilities, and ``classes.json`` (values, names, prompts).

@@ -125,7 +125,8 @@ def test_index_stores_colour_beside_the_grey_image(tmp_path):
     with h5py.File(out) as f:
         g = f["datasets/toy"]
         assert g["colour"].shape == (10, 3, 32, 32) and g["colour"].dtype == np.uint8
-        rows = {s.decode() if isinstance(s, bytes) else s: i for i, s in enumerate(g["subject"][()])}
+        rows = {s.decode() if isinstance(s, bytes) else s: i
+                for i, s in enumerate(g["subject"][()])}
         grey_row = rows["case_003"]
         for c in range(3):  # the grey image repeated
             np.testing.assert_array_equal(g["colour"][grey_row, c], g["images"][grey_row])

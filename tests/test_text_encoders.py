@@ -49,7 +49,8 @@ def test_hashing_similar_strings_are_closer_than_unrelated():
     enc = get_text_encoder("hashing", dim=256)
     left, right, banana = enc.encode(["left lung", "right lung", "banana bread"])
     assert _cos(left, right) > _cos(left, banana) + 0.2
-    a, b, c = enc.encode(["A CT image of a liver", "A CT image of a livers", "A CT image of a kidney"])
+    a, b, c = enc.encode(["A CT image of a liver", "A CT image of a livers",
+                          "A CT image of a kidney"])
     assert _cos(a, b) > _cos(a, c)
 
 

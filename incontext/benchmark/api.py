@@ -102,7 +102,8 @@ def run_benchmark(
     ``methods``: extra objects with ``name``, ``describe()`` and ``predict(...)``.
     ``model_tiles`` > 1 runs the model on tiles (:mod:`incontext.tiling`); ``"auto"`` /
     ``"autoG"`` choose 1..2 / 1..G per task on the supports; rows are named
-    ``<model>-tiles<g>`` / ``-tiles-auto`` / ``-tiles-autoG``. ``model_threshold`` other than 0.5 cuts the model's
+    ``<model>-tiles<g>`` / ``-tiles-auto`` / ``-tiles-autoG``. ``model_threshold`` other than 0.5
+    cuts the model's
     probabilities there (``"auto"``: chosen per task and draw on the supports,
     :mod:`incontext.calibration`); rows named ``<model>-thr-auto`` / ``-thr<t>``.
     ``model_tta`` > 1 averages the model over flipped/rotated copies of each task

@@ -306,7 +306,8 @@ def markdown(results: BenchmarkResults, plots: list[str]) -> str:
                + (f"at most {c.queries_per_task}" if c.queries_per_task else "all") + ".")
     out.append("")
     out.append("Protocol: supports from each task's train split, queries from its "
-               f"{c.query_split} split (no shared subjects); Dice per query on probabilities thresholded at "
+               f"{c.query_split} split (no shared subjects); Dice per query on probabilities "
+               "thresholded at "
                f"{c.threshold}, averaged over queries, then over draws (± = std over draws); "
                "tasks averaged within a dataset, datasets averaged for the mean. Empty "
                "prediction on an empty target scores Dice 1. See docs/benchmark.md.")

@@ -23,7 +23,8 @@ from typing import Any
 
 def register(subparsers) -> None:
     """Add the ``index`` subcommand and its sub-subcommands."""
-    parser = subparsers.add_parser("index", help="build, inspect, validate, merge, subset task indexes",
+    parser = subparsers.add_parser("index",
+                                   help="build, inspect, validate, merge, subset task indexes",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION")
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     b.add_argument("recipe", help="recipe name (see `incontext index recipes`)")
     b.add_argument("--source", required=True, type=Path, help="input data folder")
     b.add_argument("--out", required=True, type=Path, help="output .h5 file")
-    b.add_argument("--size", type=int, default=128, help="side of stored square slices (default 128)")
+    b.add_argument("--size", type=int, default=128,
+                   help="side of stored square slices (default 128)")
     b.add_argument("--workers", type=int, default=1, help="processes (0 = all cores; default 1)")
     b.add_argument("--slices", default="midslice,maxslice",
                    help="3D slice choice: midslice,maxslice (default) or all")

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(infos, indent=2))
         return 0
-    table = Table(title="Registered models: --model NAME, load_model(NAME)", box=box.SIMPLE_HEAD, show_edge=False,
+    table = Table(title="Registered models: --model NAME, load_model(NAME)",
+                  box=box.SIMPLE_HEAD, show_edge=False,
                   padding=(0, 1), pad_edge=False,
                   caption="* default   † default for --text   path=: bring the weights file")
     for column in ("name", "features", "input", "params", "file"):

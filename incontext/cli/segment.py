@@ -110,7 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="registered model name or .safetensors file (default: the default model)")
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed for support subsets (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for support subsets (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="queries per forward pass (default: 1 on the CPU, 8 on a GPU)")
     p.set_defaults(func=run)

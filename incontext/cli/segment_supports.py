@@ -152,7 +152,8 @@ def check_support_labels(supports: SupportSet, labels: list[int] | None) -> list
     wanted = labels if labels is not None else present
     if not present:
         raise CLIError("no support label has any foreground: nothing to learn from "
-                       f"({', '.join(supports.names[:3])}{', ...' if len(supports.names) > 3 else ''})")
+                       f"({', '.join(supports.names[:3])}"
+                       f"{', ...' if len(supports.names) > 3 else ''})")
     for value in wanted:
         lacking = [n for n, vals in zip(supports.names, present_per, strict=True)
                    if value not in vals]

@@ -120,7 +120,8 @@ def _check_json_output(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m incontext.cli.train ...``: this subcommand alone (same as ``incontext train``)."""
+    """``python -m incontext.cli.train ...``: this subcommand alone
+    (same as ``incontext train``)."""
     import sys
 
     parser = argparse.ArgumentParser(prog="incontext")

@@ -4,7 +4,8 @@ See ``docs/index-format.md`` for the full description. In short, a file holds
 ``/datasets/<name>`` groups; each has per-slice arrays (``images``, ``masks``,
 ``subject``, ``sub_dataset``, ``split``, ``plane``, ``slice_index``, ``selected``,
 ``foreground``, ``orig_shape``, ``orig_spacing``, ``spacing``; optionally ``colour``, the
-R, G, B of colour sources), a ``log`` of skipped items and dataset attributes. A task is (dataset, sub-dataset, modality, plane, label).
+R, G, B of colour sources), a ``log`` of skipped items and dataset attributes. A task is
+(dataset, sub-dataset, modality, plane, label).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def read_manifest(path: Path) -> list[Path]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexFormatError(f"{path}: cannot read manifest ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise IndexFormatError(f"{path}: not an incontext index manifest (format != {MANIFEST_FORMAT})")
+        raise IndexFormatError(f"{path}: not an incontext index manifest "
+                               f"(format != {MANIFEST_FORMAT})")
     shards = data.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards) or not shards:
         raise IndexFormatError(f"{path}: 'shards' must be a non-empty list of file names")

@@ -39,7 +39,8 @@ def list_files(root: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[s
     """Files under ``root`` (recursive) keyed by relative path without suffix, sorted."""
     found: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name.lower().endswith(suffixes) and not path.name.startswith("."):
+        if (path.is_file() and path.name.lower().endswith(suffixes)
+                and not path.name.startswith(".")):
             rel = path.relative_to(root)
             key = (rel.parent / strip_suffix(rel.name, suffixes)).as_posix()
             found.setdefault(key, path)
@@ -52,7 +53,8 @@ def parse_labels(labels: Any, where: str) -> dict[str, list[int]]:
         raise RecipeError(f"{where}: labels must be a non-empty mapping, got {labels!r}")
     out: dict[str, list[int]] = {}
     for key, value in labels.items():
-        key_is_int = isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit())
+        key_is_int = (isinstance(key, int)
+                      or (isinstance(key, str) and key.strip().lstrip("-").isdigit()))
         if key_is_int and isinstance(value, str):
             name, values = value, [int(key)]
         elif isinstance(value, int) and not isinstance(value, bool):

@@ -31,7 +31,8 @@ def parse_slices(slices: str | Sequence[str]) -> tuple[str, ...]:
     modes = tuple(sorted({s.strip().lower() for s in items if s.strip()}))
     bad = [m for m in modes if m not in SLICE_MODES]
     if bad or not modes:
-        raise ValueError(f"slices: unknown mode(s) {bad or items}; use a comma list of {SLICE_MODES}")
+        raise ValueError(f"slices: unknown mode(s) {bad or items}; "
+                         f"use a comma list of {SLICE_MODES}")
     return modes
 
 

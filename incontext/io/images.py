@@ -123,7 +123,8 @@ def _label_png_array(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Write a 2D integer array (8- or 16-bit grey) or (H, W, 3|4) uint8 RGB(A) as PNG, atomically."""
+    """Write a 2D integer array (8- or 16-bit grey) or (H, W, 3|4) uint8 RGB(A) as PNG,
+    atomically."""
     from PIL import Image
 
     path = Path(path)

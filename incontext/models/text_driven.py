@@ -119,7 +119,8 @@ class DoubleConv(nn.Module):
 
 
 class UNetBackbone(nn.Module):
-    """A 2D U-Net: (B, C_in, H, W) -> (deepest (B, widths[-1], H/2^n, W/2^n), decoder (B, widths[0], H, W))."""
+    """A 2D U-Net: (B, C_in, H, W) -> (deepest (B, widths[-1], H/2^n, W/2^n),
+    decoder (B, widths[0], H, W))."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...], groups: int = 8) -> None:
         super().__init__()
@@ -336,7 +337,8 @@ class TextDriven(nn.Module):
 
         text_embeddings: (K, D) shared by the batch, or (B, K, D); None = no text.
         support_images (B, S, C, H, W) / support_labels (B, S, K, H, W): optional examples
-        (hybrid models only); B = 1 shares one support set with the whole batch. text_present (K,) or (B, K) bool marks classes whose text
+        (hybrid models only); B = 1 shares one support set with the whole batch.
+        text_present (K,) or (B, K) bool marks classes whose text
         is given (others use the learned 'absent' embedding). K comes from the text, the
         support labels, or ``num_classes``.
         """

@@ -346,7 +346,8 @@ def _save_state(path: Path, step: int, model: TextDriven, opt, sched, batcher: B
     from incontext.atomic import atomic_write
 
     state = {"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-             "sched": sched.state_dict(), "batcher_rng": json.dumps(batcher.rng.bit_generator.state),
+             "sched": sched.state_dict(),
+             "batcher_rng": json.dumps(batcher.rng.bit_generator.state),
              "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
              "history": json.dumps(history), "best_dice": float(best_dice)}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
