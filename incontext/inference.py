@@ -36,6 +36,7 @@ from incontext.preprocessing import (
     to_grayscale,
 )
 from incontext.support_cache import PreparedSupports, cached, keep, support_key
+from incontext.support_flips import check_support_flips, choose_support_flips, flipped_copies
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
@@ -78,6 +79,8 @@ class Segmentation:
     support_checks: per label, how many supports that estimate averages (0: not measured)
     methods:       per label, what segmented it: ``"model"``, or ``"unet"`` where
                    :class:`incontext.hand_over.UNetHandOver` handed it to a U-Net
+    flips:         per label, whether flipped copies of the supports were added
+                   (``segment(support_flips=)``)
     """
 
     mask: np.ndarray
@@ -90,6 +93,7 @@ class Segmentation:
     support_dice: list[float | None] = field(default_factory=list)
     support_checks: list[int] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
+    flips: list[bool] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -296,6 +300,7 @@ def segment(
     colour: str = "auto",
     nearest: int | None = None,
     reuse: dict | None = None,
+    support_flips: str = "off",
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -330,6 +335,11 @@ def segment(
     most like it (:mod:`incontext.support_selection`; also in the support-set checks),
     chosen among all the supports unless ``support_size`` is given; with a large support
     set it is as accurate as using them all, and faster (docs/segment.md).
+    ``support_flips``: ``"on"`` adds left-right, up-down and both-ways flipped copies of
+    every support (4× the support entries), ``"auto"`` only for labels where they segment
+    held-out supports better, checked after the cut, tiling and rendering are chosen
+    (:mod:`incontext.support_flips`); ``"off"`` (the default) never.
+    ``Segmentation.flips`` says which.
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
     rendering; under the label value) and the preprocessed supports
     (:mod:`incontext.support_cache`); pass the same dict to later calls with the **same
@@ -356,6 +366,7 @@ def segment(
         check_tta(tta)
         check_colour(colour)
         check_nearest(nearest)
+        check_support_flips(support_flips)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
@@ -417,6 +428,7 @@ def segment(
     chosen: list[int] = []
     cuts: list[float] = []
     colours: list[str] = []
+    flips: list[bool] = []
     estimates: list[tuple[float | None, int]] = []  # leave-one-out Dice on supports, checks
     was_training = model.training
     model.eval()
@@ -426,6 +438,7 @@ def segment(
                 chosen.append(options[0])
                 cuts.append(base_cut)
                 colours.append(DEFAULT_COLOUR)
+                flips.append(False)
                 estimates.append((None, 0))
                 continue  # probability stays 0
             soft = prepared.soft[value]
@@ -464,11 +477,19 @@ def segment(
                 g_lab = cal.tiles
             if cal is not None and (g_lab, t_lab) in cal.scores:
                 estimate = (cal.scores[(g_lab, t_lab)], cal.checks)
+            use_flips = support_flips == "on"
+            if known is not None:
+                use_flips = bool(known[4])
+            elif support_flips == "auto":  # flipped copies, where they help on the supports
+                use_flips = choose_support_flips(
+                    lambda a, b, c, g=g_lab: run(g, a, b, c), s_use[g_lab][first],
+                    soft[g_lab][first], t_lab, seed).use
             if reuse is not None:
-                reuse[value] = (g_lab, t_lab, name, estimate)
+                reuse[value] = (g_lab, t_lab, name, estimate, use_flips)
             chosen.append(g_lab)
             cuts.append(t_lab)
             colours.append(name)
+            flips.append(use_flips)
             estimates.append(estimate)
             first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
@@ -477,7 +498,10 @@ def segment(
                     member_probs[m, li] = member_probs[seen, li]
                     continue
                 idx = torch.from_numpy(subset)
-                prob = run(g_lab, q_use[g_lab], s_use[g_lab][idx], soft[g_lab][idx])
+                s_img, s_lab = s_use[g_lab][idx], soft[g_lab][idx]
+                if use_flips:
+                    s_img, s_lab = flipped_copies(s_img), flipped_copies(s_lab)
+                prob = run(g_lab, q_use[g_lab], s_img, s_lab)
                 if auto_threshold:
                     prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)
@@ -498,7 +522,7 @@ def segment(
                                     colours=list(colours),
                                     support_dice=[e[0] for e in estimates],
                                     support_checks=[e[1] for e in estimates],
-                                    methods=["model"] * n_lab))
+                                    methods=["model"] * n_lab, flips=list(flips)))
     return results[0] if single else results
 
 

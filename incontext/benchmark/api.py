@@ -87,6 +87,7 @@ def run_benchmark(
     model_colour: str = "luma",
     model_nearest: int | None = None,
     model_hand_over: bool = False,
+    model_support_flips: str = "off",
     model_device: str = "cpu",
     baseline_device: str = "cpu",
     progress: bool = True,
@@ -114,7 +115,9 @@ def run_benchmark(
     similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
     ``model_hand_over`` lets a ``supervised-unet`` trained on the supports segment a task and
     draw when it beats the model on them (:mod:`incontext.hand_over`); rows named
-    ``<model>-...-hand-over``.
+    ``<model>-...-hand-over``. ``model_support_flips`` ``"on"`` adds flipped copies of the
+    supports, ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`);
+    rows named ``<model>-...-flips-<f>``.
     ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
     ...; :mod:`incontext.device`); ``baseline_device``: where the baselines that train a
     network (``supervised-unet``, ``-rgb``) do it; the other baselines run on the CPU.
@@ -149,6 +152,7 @@ def run_benchmark(
                                            threshold=model_threshold, tta=model_tta,
                                            colour=model_colour, nearest=model_nearest,
                                            hand_over=model_hand_over,
+                                           support_flips=model_support_flips,
                                            device=model_device)
     if note:
         notes.append(note)

@@ -49,6 +49,7 @@ from incontext.hand_over import (
     prefers_unet,
 )
 from incontext.inference import predict_probabilities
+from incontext.support_flips import check_support_flips, choose_support_flips, flipped_copies
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
@@ -84,6 +85,10 @@ class ModelMethod:
     on the supports of each task and draw, by ``folds``-fold cross-validation, and lets the
     U-Net segment the queries when it wins by more than ``margin`` (:mod:`incontext.hand_over`;
     ``chosen_methods`` records each choice, ``last_method`` the latest).
+    ``support_flips`` ``"on"`` adds flipped copies of the supports for the queries,
+    ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`;
+    ``chosen_flips`` records each choice); the cut, tiling and rendering are chosen first,
+    on the supports as given.
     """
 
     ensembles = True
@@ -93,8 +98,9 @@ class ModelMethod:
                  threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
                  nearest: int | None = None, hand_over: bool = False,
                  margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
-                 unet_steps: int = DEFAULT_UNET_STEPS) -> None:
+                 unet_steps: int = DEFAULT_UNET_STEPS, support_flips: str = "off") -> None:
         check_tta(tta)
+        check_support_flips(support_flips)
         check_nearest(nearest)
         check_tiles(tiles)
         check_colour(colour)
@@ -111,6 +117,10 @@ class ModelMethod:
             self.name += f"-colour-{colour}"
         if nearest is not None:
             self.name += f"-nn{nearest}"
+        if support_flips != "off":
+            self.name += f"-flips-{support_flips}"
+        self.support_flips = support_flips
+        self.chosen_flips: list[bool] = []  # with support_flips="auto": each prediction's choice
         self.hand_over = None
         if hand_over:
             check_settings(margin, folds, unet_steps)
@@ -238,7 +248,18 @@ class ModelMethod:
                 self.chosen_thresholds.append(cal.threshold)
             if is_auto(self.tiles):
                 self.chosen_tiles.append(int(cal.tiles))
-        prob = self._run(int(cal.tiles), qi_t, si_t, torch.from_numpy(sl)).clamp(0, 1)
+        sl_t = torch.from_numpy(sl)
+        if self.support_flips != "off":
+            use = self.support_flips == "on"
+            if not use:
+                use = choose_support_flips(
+                    lambda q, s_img, s_lab: self._run(int(cal.tiles), q, s_img, s_lab),
+                    si_t, sl_t, float(cal.threshold), seed).use
+                if record:
+                    self.chosen_flips.append(use)
+            if use:
+                si_t, sl_t = flipped_copies(si_t), flipped_copies(sl_t)
+        prob = self._run(int(cal.tiles), qi_t, si_t, sl_t).clamp(0, 1)
         return rescale_to_threshold(prob, float(cal.threshold)).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -260,6 +281,8 @@ class ModelMethod:
             info["colour"] = self.colour
         if self.nearest is not None:  # likewise
             info["nearest"] = self.nearest
+        if self.support_flips != "off":  # likewise
+            info["support_flips"] = self.support_flips
         if self.hand_over is not None:  # likewise
             info["hand_over"] = dict(self.hand_over, unet=self._unet.describe())
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
@@ -312,8 +335,8 @@ def make_baselines(names: Sequence[str],
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
                       colour: str = DEFAULT_COLOUR, nearest: int | None = None,
-                      hand_over: bool = False, device: str = "cpu"
-                      ) -> tuple[ModelMethod | None, str | None]:
+                      hand_over: bool = False, device: str = "cpu",
+                      support_flips: str = "off") -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -325,7 +348,8 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
     from incontext.models import WeightsError, load_model
 
     settings: dict[str, Any] = {"tiles": tiles, "threshold": threshold, "tta": tta,
-                                "colour": colour, "nearest": nearest, "hand_over": hand_over}
+                                "colour": colour, "nearest": nearest, "hand_over": hand_over,
+                                "support_flips": support_flips}
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),

@@ -19,6 +19,7 @@ from incontext.cli import (
     tiles_value,
 )
 from incontext.colour import COLOUR_CHOICES
+from incontext.support_flips import FLIP_CHOICES
 from incontext.tta import TTA_CHOICES
 
 
@@ -92,6 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "segment the queries when it beats the model on the supports "
                         "(4-fold cross-validation, by more than 0.03 Dice); trains 4-5 "
                         "U-Nets per prediction")
+    p.add_argument("--model-support-flips", choices=FLIP_CHOICES, default="off",
+                   help="add left-right, up-down and both-ways flipped copies of the supports: "
+                        "off (default), on, or auto = where they segment the supports better "
+                        "(leave-one-out on up to 8 supports)")
     p.add_argument("--text-model", default=None, metavar="NAME_OR_PATH",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -169,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         methods=methods, model_tiles=args.model_tiles,
         model_threshold=args.model_threshold, model_tta=args.model_tta,
         model_colour=args.model_colour, model_nearest=args.model_nearest,
-        model_hand_over=args.model_hand_over, model_device=args.device, baseline_device=args.device)
+        model_hand_over=args.model_hand_over, model_support_flips=args.model_support_flips,
+        model_device=args.device, baseline_device=args.device)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "
                   f"({results.computed_rows} rows computed, {results.cached_rows} reused, "

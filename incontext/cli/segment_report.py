@@ -44,6 +44,7 @@ class LabelChoice:
     support_checks: int = 0  # supports (images, or volumes) that mean is over
     method: str = "model"  # what segmented the label: "model", or "unet" (--hand-over)
     hand_over: dict | None = None  # --hand-over: the model's and the U-Net's Dice compared
+    flips: bool = False  # --support-flips: flipped copies of the supports were added
 
 
 @dataclass
@@ -64,7 +65,8 @@ def label_choices(result, labels: list[int], hand_over=None) -> list[LabelChoice
     compared = {c.label: asdict(c) for c in hand_over or ()}
     return [LabelChoice(v, result.tiles[i], result.thresholds[i], result.colours[i],
                         result.support_dice[i], result.support_checks[i],
-                        result.methods[i] if result.methods else "model", compared.get(v))
+                        result.methods[i] if result.methods else "model", compared.get(v),
+                        bool(result.flips[i]) if result.flips else False)
             for i, v in enumerate(labels)]
 
 
@@ -107,6 +109,9 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
     table.add_column("supports checked", justify="right")
     table.add_column("Dice on them", justify="right")
     compared = [c for c in choices if c.hand_over is not None]
+    flipped = any(c.flips for c in choices)
+    if flipped:
+        table.add_column("flipped supports")
     if compared:
         table.add_column("segmented by")
     for c in choices:
@@ -115,6 +120,8 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
                str(c.tiles) if c.method == "model" else "-", f"{c.cut:g}",
                str(c.support_checks) if measured else "-",
                f"{c.support_dice:.2f}" if measured else "not measured"]
+        if flipped:
+            row.append("added" if c.flips else "no")
         table.add_row(*row, *([_method_text(c)] if compared else []))
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]

@@ -189,6 +189,9 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and getattr(args, "hand_over", False):
         raise CLIError("--hand-over is for 2D images; volumes are segmented by the model only "
                        "(leave it out)")
+    if supports.ndim == 3 and getattr(args, "support_flips", "off") != "off":
+        raise CLIError("--support-flips is for 2D images; volumes are segmented from the "
+                       "support slices as given (leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
         raise CLIError("--nearest is for 2D images; volumes already pick support slices by "
                        "position (leave it out)")
@@ -272,7 +275,8 @@ def _segment_options(supports: SupportSet, wanted, window, args) -> dict:
                 threshold=args.threshold, batch_size=args.batch_size, labels=wanted,
                 modality=args.modality, window=window, supports_normalized=supports.normalized,
                 tiles=args.tiles, tta=args.tta, colour=getattr(args, "colour", "luma"),
-                nearest=getattr(args, "nearest", None))
+                nearest=getattr(args, "nearest", None),
+                support_flips=getattr(args, "support_flips", "off"))
 
 
 def _support_images(supports: SupportSet, args):

@@ -1,0 +1,85 @@
+"""Flipped copies of the supports, used where the supports say they help.
+
+With one to eight supports the model sees little of a task's variety. Mirrored copies of
+each support (left-right, up-down, both: four entries per support) add variety for free
+where the task does not depend on orientation (a lesion, a nucleus, a vessel), and hurt
+where it does (the left lung of a chest X-ray mirrors into the right one). ``"auto"``
+decides per label on the supports: up to :data:`MAX_FLIP_CHECKS` supports are each
+segmented from the others, once as they are and once with their flipped copies, and the
+copies are used for the queries when they score higher (leave-one-out Dice at the chosen
+cut). No query label is used; with a single support nothing can be checked and the
+supports stay as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS", "check_support_flips",
+           "choose_support_flips", "flipped_copies"]
+
+FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto")
+MAX_FLIP_CHECKS = 8  # supports segmented from the others to decide (each: 2 forward passes)
+
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_support_flips(value: str) -> str:
+    """Validate a support-flips setting (``off``, ``on`` or ``auto``); returns it."""
+    if value not in FLIP_CHOICES:
+        raise ValueError(f"support flips must be one of {', '.join(FLIP_CHOICES)}, "
+                         f"got {value!r}")
+    return value
+
+
+def flipped_copies(x: torch.Tensor) -> torch.Tensor:
+    """(S, H, W) -> (4S, H, W): as given, flipped left-right, up-down, and both."""
+    return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)], dim=0).contiguous()
+
+
+@dataclass(frozen=True)
+class FlipCheck:
+    """The decision for one label: ``use`` the flipped copies or not, from the mean
+    leave-one-out Dice of ``checks`` supports without (``plain``) and with (``flipped``)
+    them; both None when nothing was checked."""
+
+    use: bool
+    plain: float | None = None
+    flipped: float | None = None
+    checks: int = 0
+
+
+def _dice(prob: torch.Tensor, truth: torch.Tensor, cut: float) -> float:
+    pred, true = prob >= cut, truth >= 0.5
+    total = int(pred.sum()) + int(true.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+
+
+def choose_support_flips(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
+                         cut: float = 0.5, seed: int = 0,
+                         max_checks: int = MAX_FLIP_CHECKS) -> FlipCheck:
+    """Whether flipped copies of the supports segment held-out supports better.
+
+    ``predict(queries (Q,H,W), support_images (S,H,W), support_labels (S,H,W))`` returns
+    probabilities (Q,H,W), cut at ``cut``. Up to ``max_checks`` supports (a seeded choice)
+    are each segmented from all the others; the copies are used when their mean Dice is
+    higher than without them. Fewer than 2 supports: not used, nothing checked.
+    """
+    n = int(images.shape[0])
+    if n < 2:
+        return FlipCheck(False)
+    order = np.random.default_rng(seed).permutation(n)[:max(1, max_checks)]
+    plain, flipped = [], []
+    for i in order:
+        rest = torch.from_numpy(np.delete(np.arange(n), i))
+        query, truth = images[i:i + 1], labels[i]
+        s_img, s_lab = images[rest], labels[rest]
+        plain.append(_dice(predict(query, s_img, s_lab)[0], truth, cut))
+        flipped.append(_dice(predict(query, flipped_copies(s_img), flipped_copies(s_lab))[0],
+                             truth, cut))
+    p, f = float(np.mean(plain)), float(np.mean(flipped))
+    return FlipCheck(f > p, p, f, len(order))
