@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports this module
+    import torch
 
 __all__ = ["FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS", "check_support_flips",
            "choose_support_flips", "flipped_copies"]
@@ -25,7 +28,7 @@ __all__ = ["FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS", "check_support_flips"
 FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto")
 MAX_FLIP_CHECKS = 8  # supports segmented from the others to decide (each: 2 forward passes)
 
-Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Predict = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def check_support_flips(value: str) -> str:
@@ -38,6 +41,8 @@ def check_support_flips(value: str) -> str:
 
 def flipped_copies(x: torch.Tensor) -> torch.Tensor:
     """(S, H, W) -> (4S, H, W): as given, flipped left-right, up-down, and both."""
+    import torch
+
     return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)], dim=0).contiguous()
 
 
@@ -69,6 +74,8 @@ def choose_support_flips(predict: Predict, images: torch.Tensor, labels: torch.T
     are each segmented from all the others; the copies are used when their mean Dice is
     higher than without them. Fewer than 2 supports: not used, nothing checked.
     """
+    import torch
+
     n = int(images.shape[0])
     if n < 2:
         return FlipCheck(False)
