@@ -36,7 +36,12 @@ from incontext.preprocessing import (
     to_grayscale,
 )
 from incontext.support_cache import PreparedSupports, cached, keep, support_key
-from incontext.support_flips import check_support_flips, choose_support_flips, flipped_copies
+from incontext.support_flips import (
+    check_support_flips,
+    choose_support_flips,
+    default_support_flips,
+    flipped_copies,
+)
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
@@ -300,7 +305,7 @@ def segment(
     colour: str = "auto",
     nearest: int | None = None,
     reuse: dict | None = None,
-    support_flips: str = "off",
+    support_flips: str | None = None,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -338,8 +343,10 @@ def segment(
     ``support_flips``: ``"on"`` adds left-right, up-down and both-ways flipped copies of
     every support (4× the support entries), ``"auto"`` only for labels where they segment
     held-out supports better, checked after the cut, tiling and rendering are chosen
-    (:mod:`incontext.support_flips`); ``"off"`` (the default) never.
-    ``Segmentation.flips`` says which.
+    (:mod:`incontext.support_flips`); ``"off"`` never. The default (None) is ``"auto"``
+    with 2 to 4 supports per pass and ``"off"`` with more
+    (:func:`incontext.support_flips.default_support_flips`). ``Segmentation.flips`` says
+    which.
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
     rendering; under the label value) and the preprocessed supports
     (:mod:`incontext.support_cache`); pass the same dict to later calls with the **same
@@ -366,7 +373,8 @@ def segment(
         check_tta(tta)
         check_colour(colour)
         check_nearest(nearest)
-        check_support_flips(support_flips)
+        if support_flips is not None:
+            check_support_flips(support_flips)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
@@ -417,6 +425,8 @@ def segment(
     else:
         k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
+    if support_flips is None:  # the default: checked where few supports leave room to gain
+        support_flips = default_support_flips(min(k, nearest) if nearest is not None else k)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,

@@ -140,8 +140,10 @@ def test_normalised_supports_are_not_stretched_again():
     images = np.full((2, 32, 32), 0.3, np.float32)
     images[:, :, :16] = 0.2  # an index slice normalised over its volume: range 0.2..0.3
     labels = np.ones((2, 32, 32), np.uint8)
-    raw = segment(MeanSupportImage(32), images[0], images, labels)
-    kept = segment(MeanSupportImage(32), images[0], images, labels, supports_normalized=True)
+    # flipped copies would mirror the two halves into each other: checked without them
+    raw = segment(MeanSupportImage(32), images[0], images, labels, support_flips="off")
+    kept = segment(MeanSupportImage(32), images[0], images, labels, supports_normalized=True,
+                   support_flips="off")
     assert raw.probabilities[0, 5, 25] == pytest.approx(1.0, abs=1e-3)  # min-max: 0.2..0.3 -> 0..1
     assert kept.probabilities[0, 5, 25] == pytest.approx(0.3, abs=1e-3)
     bad = images.copy()
@@ -168,10 +170,11 @@ def test_default_batch_is_one_query_on_the_cpu_and_an_explicit_one_is_kept():
     images, labels = _supports(3)
     queries = np.random.default_rng(2).random((5, 40, 50)).astype(np.float32)
     model = BatchRecorder()
-    segment(model, queries, images, labels, threshold=0.5, colour="luma")
+    fixed = dict(threshold=0.5, colour="luma", support_flips="off")  # no support checks
+    segment(model, queries, images, labels, **fixed)
     assert model.batches == [1] * 5
     model.batches.clear()
-    segment(model, queries, images, labels, threshold=0.5, colour="luma", batch_size=4)
+    segment(model, queries, images, labels, batch_size=4, **fixed)
     assert model.batches == [4, 1]
     with pytest.raises(SupportSetError, match="batch_size"):
         segment(model, queries, images, labels, batch_size=0)

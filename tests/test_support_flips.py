@@ -16,7 +16,12 @@ from incontext.cli import CLIError
 from incontext.cli import segment as segment_cli
 from incontext.cli.segment_run import run as run_segment_cli
 from incontext.inference import SupportSetError, segment
-from incontext.support_flips import check_support_flips, choose_support_flips, flipped_copies
+from incontext.support_flips import (
+    check_support_flips,
+    choose_support_flips,
+    default_support_flips,
+    flipped_copies,
+)
 
 
 def _mean_label(q, si, sl):
@@ -113,6 +118,24 @@ def test_segment_adds_copies_only_where_asked_and_reports_it():
     first = segment(model, query, images, labels, threshold=0.5, support_flips="on", reuse=reuse)
     again = segment(model, query, images, labels, threshold=0.5, support_flips="on", reuse=reuse)
     assert first.flips == again.flips == [True]
+
+
+def test_default_checks_the_copies_only_with_two_to_four_supports():
+    assert [default_support_flips(n) for n in (1, 2, 4, 5, 16)] == [
+        "off", "auto", "auto", "off", "off"]
+    model = MeanSupportLabel(16)
+    # each support a different quadrant: from the other three, only the mirrors reach the
+    # held-out support's quadrant, so the check takes them (at a 0.2 cut)
+    images, labels = _corner_task("abcd")
+    few = segment(model, images[0], images, labels, threshold=0.2)
+    assert few.flips == [True]
+    assert few.mask.all()  # every quadrant is covered by a quarter of the entries
+    images, labels = _corner_task("abcdabcd")  # 8 supports: unchecked, as given
+    many = segment(model, images[0], images, labels, threshold=0.2)
+    assert many.flips == [False]
+    fixed = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
+                    support_flips="off")
+    assert fixed.flips == [False]
 
 
 def test_benchmark_method_names_records_and_uses_the_choice():

@@ -69,11 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(32 x 32 thumbnail correlation), chosen among all the supports "
                         "unless --support-size is given; for large support sets (e.g. 16); "
                         "default: all supports")
-    p.add_argument("--support-flips", choices=FLIP_CHOICES, default="off",
+    p.add_argument("--support-flips", choices=FLIP_CHOICES, default=None,
                    help="2D: add left-right, up-down and both-ways flipped copies of the "
-                        "supports; on, or auto = per label where they segment the supports "
-                        "better (leave-one-out on up to 8 supports); for few supports of "
-                        "structures whose side does not matter (default: off)")
+                        "supports; on, off, or auto = per label where they segment the "
+                        "supports better (leave-one-out on up to 8 supports) (default: auto "
+                        "with 2 to 4 supports per pass, off with more and for volumes)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (for volumes: whole support "

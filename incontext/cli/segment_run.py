@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and getattr(args, "hand_over", False):
         raise CLIError("--hand-over is for 2D images; volumes are segmented by the model only "
                        "(leave it out)")
-    if supports.ndim == 3 and getattr(args, "support_flips", "off") != "off":
+    if supports.ndim == 3 and getattr(args, "support_flips", None) not in (None, "off"):
         raise CLIError("--support-flips is for 2D images; volumes are segmented from the "
                        "support slices as given (leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
@@ -276,7 +276,7 @@ def _segment_options(supports: SupportSet, wanted, window, args) -> dict:
                 modality=args.modality, window=window, supports_normalized=supports.normalized,
                 tiles=args.tiles, tta=args.tta, colour=getattr(args, "colour", "luma"),
                 nearest=getattr(args, "nearest", None),
-                support_flips=getattr(args, "support_flips", "off"))
+                support_flips=getattr(args, "support_flips", None))
 
 
 def _support_images(supports: SupportSet, args):
