@@ -77,7 +77,8 @@ class Segmentation:
     colours:       per label, the grey rendering of colour images used (``segment(colour=)``;
                    "luma" for grey images)
     support_dice:  per label, the mean Dice of the chosen settings on supports segmented
-                   from the other supports (leave-one-out; no query label): an estimate of
+                   from the other supports (leave-one-out; no query label; with their
+                   flipped copies where those were added): an estimate of
                    the Dice to expect on the queries. None where no setting was chosen on
                    the supports (fixed tiles, cut and rendering) or too few supports had
                    foreground to check (3 for a cut, 1 otherwise)
@@ -491,9 +492,12 @@ def segment(
             if known is not None:
                 use_flips = bool(known[4])
             elif support_flips == "auto":  # flipped copies, where they help on the supports
-                use_flips = choose_support_flips(
+                check = choose_support_flips(
                     lambda a, b, c, g=g_lab: run(g, a, b, c), s_use[g_lab][first],
-                    soft[g_lab][first], t_lab, seed).use
+                    soft[g_lab][first], t_lab, seed)
+                use_flips = check.use
+                if use_flips and check.flipped is not None:  # the estimate of what is used
+                    estimate = (check.flipped, check.checks)
             if reuse is not None:
                 reuse[value] = (g_lab, t_lab, name, estimate, use_flips)
             chosen.append(g_lab)

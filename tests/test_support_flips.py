@@ -130,6 +130,9 @@ def test_default_checks_the_copies_only_with_two_to_four_supports():
     few = segment(model, images[0], images, labels, threshold=0.2)
     assert few.flips == [True]
     assert few.mask.all()  # every quadrant is covered by a quarter of the entries
+    # the estimate is that of the copies: each held-out quadrant within the whole image
+    assert few.support_checks == [4]
+    assert few.support_dice[0] == pytest.approx(2 * 64 / (256 + 64))
     images, labels = _corner_task("abcdabcd")  # 8 supports: unchecked, as given
     many = segment(model, images[0], images, labels, threshold=0.2)
     assert many.flips == [False]
