@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool_tasks import add_task_options, as_images, pool_tasks, write_json  # noqa: E402
 
 
-def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
+def run_task(model, task, support_size: int, repeats: int,
+             support_flips: str | None = None) -> list[dict]:
     import numpy as np
 
     from incontext.benchmark.protocol import support_draws
@@ -45,7 +46,8 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
     for draw in support_draws(task.name, task.pool_size, support_size, repeats):
         supports = as_images(task.pool_images, task.pool_colour, draw.indices)
         labels = [task.pool_labels[i].astype(np.uint8) for i in draw.indices]
-        result = segment(model, queries, supports, labels, seed=draw.seed)
+        result = segment(model, queries, supports, labels, seed=draw.seed,
+                         support_flips=support_flips)
         estimate = result[0].support_dice[0]
         if estimate is None:
             continue
@@ -53,7 +55,8 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
                                for r, t in zip(result, task.query_labels, strict=True)]))
         rows.append({"draw": draw.repeat, "estimate": float(estimate), "query": query,
                      "checks": result[0].support_checks[0], "tiles": result[0].tiles[0],
-                     "cut": result[0].thresholds[0], "rendering": result[0].colours[0]})
+                     "cut": result[0].thresholds[0], "rendering": result[0].colours[0],
+                     "flips": bool(result[0].flips[0])})
     return rows
 
 
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_task_options(parser, RESULTS / "support_dice.json")
     parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    parser.add_argument("--support-flips", default=None, choices=("off", "on", "auto"),
+                        help="segment's support_flips (default: its default, auto with 2 "
+                             "to 4 supports)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -73,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, task in pool_tasks(args):
         start = time.perf_counter()
         with torch.inference_mode():
-            rows = run_task(model, task, args.support_size, args.repeats)
+            rows = run_task(model, task, args.support_size, args.repeats, args.support_flips)
         results[name] = {"dataset": task.dataset, "rows": rows}
         for r in rows:
             print(f"{name:45s} draw {r['draw']}: estimate {100 * r['estimate']:5.1f}  "
                   f"queries {100 * r['query']:5.1f}  ({r['rendering']}, tiles "
-                  f"{r['tiles']}, cut {r['cut']:g})", flush=True)
+                  f"{r['tiles']}, cut {r['cut']:g}{', flipped supports' if r['flips'] else ''})",
+                  flush=True)
         print(f"{'':45s} ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = [r for t in results.values() for r in t["rows"]]
     if not rows:
@@ -96,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
                            "queries_per_task": args.queries_per_task,
                            "query_split": args.query_split, "indexes": args.index,
-                           "model": args.model or "default", "summary": summary,
+                           "model": args.model or "default",
+                           "support_flips": args.support_flips or "default", "summary": summary,
                            "tasks": results})
     return 0
 
