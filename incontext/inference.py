@@ -39,8 +39,8 @@ from incontext.support_cache import PreparedSupports, cached, keep, support_key
 from incontext.support_flips import (
     check_support_flips,
     choose_support_flips,
-    default_support_flips,
     flipped_copies,
+    resolve_support_flips,
 )
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
@@ -344,7 +344,8 @@ def segment(
     ``support_flips``: ``"on"`` adds left-right, up-down and both-ways flipped copies of
     every support (4× the support entries), ``"auto"`` only for labels where they segment
     held-out supports better, checked after the cut, tiling and rendering are chosen
-    (:mod:`incontext.support_flips`); ``"off"`` never. The default (None) is ``"auto"``
+    (:mod:`incontext.support_flips`); ``"off"`` never. The default (None or ``"default"``)
+    is ``"auto"``
     with 2 to 4 supports per pass and ``"off"`` with more
     (:func:`incontext.support_flips.default_support_flips`). ``Segmentation.flips`` says
     which.
@@ -426,8 +427,9 @@ def segment(
     else:
         k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
-    if support_flips is None:  # the default: checked where few supports leave room to gain
-        support_flips = default_support_flips(min(k, nearest) if nearest is not None else k)
+    # the default: the copies are checked where few supports leave room to gain
+    support_flips = resolve_support_flips(support_flips,
+                                          min(k, nearest) if nearest is not None else k)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,

@@ -29,9 +29,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
 
 __all__ = ["AUTO_FLIP_MAX_SUPPORTS", "FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS",
            "check_support_flips", "choose_support_flips", "default_support_flips",
-           "flipped_copies"]
+           "flipped_copies", "resolve_support_flips"]
 
-FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto")
+FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_FLIP_CHECKS = 8  # supports segmented from the others to decide (each: 2 forward passes)
 AUTO_FLIP_MAX_SUPPORTS = 4  # the default checks the copies up to this many supports per pass
 
@@ -39,10 +39,19 @@ Predict = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tens
 
 
 def check_support_flips(value: str) -> str:
-    """Validate a support-flips setting (``off``, ``on`` or ``auto``); returns it."""
+    """Validate a support-flips setting (``off``, ``on``, ``auto`` or ``default``, which is
+    :func:`default_support_flips` of the supports per pass); returns it."""
     if value not in FLIP_CHOICES:
         raise ValueError(f"support flips must be one of {', '.join(FLIP_CHOICES)}, "
                          f"got {value!r}")
+    return value
+
+
+def resolve_support_flips(value: str | None, supports_per_pass: int) -> str:
+    """``off``, ``on`` or ``auto``: ``value`` itself, or for None / ``"default"`` the
+    default for ``supports_per_pass`` supports."""
+    if value is None or value == "default":
+        return default_support_flips(supports_per_pass)
     return value
 
 

@@ -139,6 +139,9 @@ def test_default_checks_the_copies_only_with_two_to_four_supports():
     fixed = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
                     support_flips="off")
     assert fixed.flips == [False]
+    named = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
+                    support_flips="default")
+    assert named.flips == [True]
 
 
 def test_benchmark_method_names_records_and_uses_the_choice():
@@ -150,6 +153,11 @@ def test_benchmark_method_names_records_and_uses_the_choice():
     assert "support_flips" not in ModelMethod(MeanSupportLabel(16), name="m").describe()
     prob = method.predict(si, sl, si[:1], seed=0)
     assert method.chosen_flips == [False] and prob[0, :8, :8].min() > 0.5
+    default = ModelMethod(MeanSupportLabel(16), name="m", support_flips="default")
+    assert default.name == "m-flips-default"
+    default.predict(si, sl, si[:1], seed=0)  # 4 supports: checked, as segment does
+    default.predict(np.concatenate([si, si]), np.concatenate([sl, sl]), si[:1], seed=0)
+    assert default.chosen_flips == [False]  # 8 supports: not checked
     on = ModelMethod(MeanSupportLabel(16), name="m", support_flips="on")
     assert on.predict(si, sl, si[:1], seed=0).max() < 0.5
     with pytest.raises(ValueError, match="support flips"):

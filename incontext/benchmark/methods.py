@@ -49,7 +49,12 @@ from incontext.hand_over import (
     prefers_unet,
 )
 from incontext.inference import predict_probabilities
-from incontext.support_flips import check_support_flips, choose_support_flips, flipped_copies
+from incontext.support_flips import (
+    check_support_flips,
+    choose_support_flips,
+    flipped_copies,
+    resolve_support_flips,
+)
 from incontext.support_selection import check_nearest
 from incontext.tiling import (
     TiledRunner,
@@ -87,7 +92,8 @@ class ModelMethod:
     ``chosen_methods`` records each choice, ``last_method`` the latest).
     ``support_flips`` ``"on"`` adds flipped copies of the supports for the queries,
     ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`;
-    ``chosen_flips`` records each choice); the cut, tiling and rendering are chosen first,
+    ``chosen_flips`` records each choice), ``"default"`` as ``segment`` does by default
+    (auto with 2 to 4 supports, else off); the cut, tiling and rendering are chosen first,
     on the supports as given.
     """
 
@@ -249,8 +255,9 @@ class ModelMethod:
             if is_auto(self.tiles):
                 self.chosen_tiles.append(int(cal.tiles))
         sl_t = torch.from_numpy(sl)
-        if self.support_flips != "off":
-            use = self.support_flips == "on"
+        flips = resolve_support_flips(self.support_flips, len(si))
+        if flips != "off":
+            use = flips == "on"
             if not use:
                 use = choose_support_flips(
                     lambda q, s_img, s_lab: self._run(int(cal.tiles), q, s_img, s_lab),

@@ -189,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and getattr(args, "hand_over", False):
         raise CLIError("--hand-over is for 2D images; volumes are segmented by the model only "
                        "(leave it out)")
-    if supports.ndim == 3 and getattr(args, "support_flips", None) not in (None, "off"):
+    if supports.ndim == 3 and getattr(args, "support_flips", None) not in (None, "off",
+                                                                            "default"):
         raise CLIError("--support-flips is for 2D images; volumes are segmented from the "
                        "support slices as given (leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
