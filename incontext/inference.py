@@ -345,8 +345,7 @@ def segment(
     every support (4× the support entries), ``"auto"`` only for labels where they segment
     held-out supports better, checked after the cut, tiling and rendering are chosen
     (:mod:`incontext.support_flips`); ``"off"`` never. The default (None or ``"default"``)
-    is ``"auto"``
-    with 2 to 4 supports per pass and ``"off"`` with more
+    is ``"auto"`` with 2 to 4 supports per pass, ``"off"`` with more or with ``nearest``
     (:func:`incontext.support_flips.default_support_flips`). ``Segmentation.flips`` says
     which.
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
@@ -427,9 +426,11 @@ def segment(
     else:
         k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
-    # the default: the copies are checked where few supports leave room to gain
-    support_flips = resolve_support_flips(support_flips,
-                                          min(k, nearest) if nearest is not None else k)
+    # the default: the copies are checked where few supports leave room to gain (not with
+    # ``nearest``, which would choose among the copies too)
+    if nearest is not None and support_flips in (None, "default"):
+        support_flips = "off"
+    support_flips = resolve_support_flips(support_flips, k)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,

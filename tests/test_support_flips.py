@@ -142,6 +142,9 @@ def test_default_checks_the_copies_only_with_two_to_four_supports():
     named = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
                     support_flips="default")
     assert named.flips == [True]
+    # with --nearest the copies would compete with the supports for the K places: off
+    near = segment(model, images[0], images[:4], labels[:4], threshold=0.2, nearest=4)
+    assert near.flips == [False]
 
 
 def test_benchmark_method_names_records_and_uses_the_choice():
