@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="2D: add left-right, up-down and both-ways flipped copies of the "
                         "supports; on, off, or auto = per label where they segment the "
                         "supports better (leave-one-out on up to 8 supports) (default: auto "
-                        "with 2 to 4 supports per pass, off with more and for volumes)")
+                        "with 2 to 4 supports per pass, off with more, with --nearest and "
+                        "for volumes)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (for volumes: whole support "
