@@ -345,7 +345,7 @@ def segment(
     every support (4× the support entries), ``"auto"`` only for labels where they segment
     held-out supports better, checked after the cut, tiling and rendering are chosen
     (:mod:`incontext.support_flips`); ``"off"`` never. The default (None or ``"default"``)
-    is ``"auto"`` with 2 to 4 supports per pass, ``"off"`` with more or with ``nearest``
+    is ``"auto"`` with 1 to 4 supports per pass, ``"off"`` with more or with ``nearest``
     (:func:`incontext.support_flips.default_support_flips`). ``Segmentation.flips`` says
     which.
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,

@@ -7,13 +7,16 @@ where it does (the left lung of a chest X-ray mirrors into the right one). ``"au
 decides per label on the supports: up to :data:`MAX_FLIP_CHECKS` supports are each
 segmented from the others, once as they are and once with their flipped copies, and the
 copies are used for the queries when they score higher (leave-one-out Dice at the chosen
-cut). No query label is used; with a single support nothing can be checked and the
-supports stay as given.
+cut). No query label is used. A single support cannot be segmented from the others;
+instead its three flipped copies are segmented from it as given, and the copies are used
+when the mean Dice against the flipped label reaches :data:`MIN_FLIP_CONSISTENCY`: a
+task that follows the image content (a lesion, a nucleus) passes, one bound to a side (a
+left lung, a clavicle) fails, since the model keeps finding it on its original side.
 
 :func:`default_support_flips` is what ``segment`` uses when no setting is given: ``"auto"``
-with 2 to :data:`AUTO_FLIP_MAX_SUPPORTS` supports per pass, where the copies helped on the
-training pool's val split (+2.0 Dice at 2 supports, +1.0 at 4), ``"off"`` above (+0.5 at
-8, nothing at 16, for 4x the support entries; docs/segment.md).
+with 1 to :data:`AUTO_FLIP_MAX_SUPPORTS` supports per pass, where the copies helped on the
+training pool's val split (+4.6 Dice at 1 support, +2.0 at 2, +1.0 at 4), ``"off"`` above
+(+0.5 at 8, nothing at 16, for 4x the support entries; docs/segment.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = ["AUTO_FLIP_MAX_SUPPORTS", "FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHEC
 FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_FLIP_CHECKS = 8  # supports segmented from the others to decide (each: 2 forward passes)
 AUTO_FLIP_MAX_SUPPORTS = 4  # the default checks the copies up to this many supports per pass
+MIN_FLIP_CONSISTENCY = 0.3  # one support: mean Dice of its flipped copies segmented from it
 
 Predict = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
@@ -57,8 +61,8 @@ def resolve_support_flips(value: str | None, supports_per_pass: int) -> str:
 
 def default_support_flips(supports_per_pass: int) -> str:
     """The default setting for ``supports_per_pass`` supports: ``"auto"`` from 2 to
-    :data:`AUTO_FLIP_MAX_SUPPORTS`, else ``"off"`` (one support cannot be checked)."""
-    return "auto" if 2 <= supports_per_pass <= AUTO_FLIP_MAX_SUPPORTS else "off"
+    :data:`AUTO_FLIP_MAX_SUPPORTS`, else ``"off"``."""
+    return "auto" if 1 <= supports_per_pass <= AUTO_FLIP_MAX_SUPPORTS else "off"
 
 
 def flipped_copies(x: torch.Tensor) -> torch.Tensor:
@@ -72,12 +76,14 @@ def flipped_copies(x: torch.Tensor) -> torch.Tensor:
 class FlipCheck:
     """The decision for one label: ``use`` the flipped copies or not, from the mean
     leave-one-out Dice of ``checks`` supports without (``plain``) and with (``flipped``)
-    them; both None when nothing was checked."""
+    them; both None when nothing was checked. With one support, ``consistency`` instead:
+    the mean Dice of its flipped copies segmented from it."""
 
     use: bool
     plain: float | None = None
     flipped: float | None = None
     checks: int = 0
+    consistency: float | None = None
 
 
 def _dice(prob: torch.Tensor, truth: torch.Tensor, cut: float) -> float:
@@ -94,13 +100,19 @@ def choose_support_flips(predict: Predict, images: torch.Tensor, labels: torch.T
     ``predict(queries (Q,H,W), support_images (S,H,W), support_labels (S,H,W))`` returns
     probabilities (Q,H,W), cut at ``cut``. Up to ``max_checks`` supports (a seeded choice)
     are each segmented from all the others; the copies are used when their mean Dice is
-    higher than without them. Fewer than 2 supports: not used, nothing checked.
+    higher than without them. One support: its flipped copies are segmented from it, and
+    used when their mean Dice reaches :data:`MIN_FLIP_CONSISTENCY`.
     """
     import torch
 
     n = int(images.shape[0])
-    if n < 2:
+    if n == 0:
         return FlipCheck(False)
+    if n == 1:  # no other support to check against: does the task follow the content?
+        copies, truths = flipped_copies(images)[1:], flipped_copies(labels)[1:]
+        prob = predict(copies, images, labels)
+        consistency = float(np.mean([_dice(prob[i], truths[i], cut) for i in range(3)]))
+        return FlipCheck(consistency >= MIN_FLIP_CONSISTENCY, consistency=consistency)
     order = np.random.default_rng(seed).permutation(n)[:max(1, max_checks)]
     plain, flipped = [], []
     for i in order:

@@ -65,9 +65,21 @@ def test_check_takes_flips_where_they_segment_the_supports_better():
     assert check.use and check.flipped > check.plain
 
 
-def test_check_needs_two_supports_and_caps_the_checks():
-    one = choose_support_flips(_mean_label, torch.rand(1, 8, 8), _quadrant("tl")[None])
-    assert not one.use and one.checks == 0 and one.plain is None
+def test_one_support_is_checked_by_segmenting_its_own_flipped_copies():
+    label = _quadrant("tl")[None]
+    # a side-bound model (the support's label where it was) misses every mirrored copy
+    bound = choose_support_flips(_mean_label, torch.rand(1, 8, 8), label)
+    assert not bound.use and bound.consistency == 0.0
+    assert bound.checks == 0 and bound.plain is None
+
+    def echo(q, si, sl):  # follows the content: the query's own intensity
+        return q.clone()
+
+    content = choose_support_flips(echo, label.clone(), label)  # the image is the label
+    assert content.use and content.consistency == pytest.approx(1.0)
+
+
+def test_check_caps_the_checks():
     calls = []
 
     def counting(q, si, sl):
@@ -120,9 +132,9 @@ def test_segment_adds_copies_only_where_asked_and_reports_it():
     assert first.flips == again.flips == [True]
 
 
-def test_default_checks_the_copies_only_with_two_to_four_supports():
-    assert [default_support_flips(n) for n in (1, 2, 4, 5, 16)] == [
-        "off", "auto", "auto", "off", "off"]
+def test_default_checks_the_copies_only_with_one_to_four_supports():
+    assert [default_support_flips(n) for n in (0, 1, 2, 4, 5, 16)] == [
+        "off", "auto", "auto", "auto", "off", "off"]
     model = MeanSupportLabel(16)
     # each support a different quadrant: from the other three, only the mirrors reach the
     # held-out support's quadrant, so the check takes them (at a 0.2 cut)

@@ -93,7 +93,7 @@ class ModelMethod:
     ``support_flips`` ``"on"`` adds flipped copies of the supports for the queries,
     ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`;
     ``chosen_flips`` records each choice), ``"default"`` as ``segment`` does by default
-    (auto with 2 to 4 supports, else off); the cut, tiling and rendering are chosen first,
+    (auto with 1 to 4 supports, else off); the cut, tiling and rendering are chosen first,
     on the supports as given.
     """
 

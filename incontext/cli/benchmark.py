@@ -96,8 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-support-flips", choices=FLIP_CHOICES, default="off",
                    help="add left-right, up-down and both-ways flipped copies of the supports: "
                         "off (default), on, auto = where they segment the supports better "
-                        "(leave-one-out on up to 8 supports), or default = as segment does "
-                        "by default (auto with 2 to 4 supports, else off)")
+                        "(leave-one-out on up to 8 supports; one support: its own copies), "
+                        "or default = as segment does "
+                        "by default (auto with 1 to 4 supports, else off)")
     p.add_argument("--text-model", default=None, metavar="NAME_OR_PATH",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")

@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--support-flips", choices=FLIP_CHOICES, default=None,
                    help="2D: add left-right, up-down and both-ways flipped copies of the "
                         "supports; on, off, or auto = per label where they segment the "
-                        "supports better (leave-one-out on up to 8 supports) (default: auto "
-                        "with 2 to 4 supports per pass, off with more, with --nearest and "
+                        "supports better (leave-one-out on up to 8 supports; one support: "
+                        "its own flipped copies segmented from it) (default: auto "
+                        "with 1 to 4 supports per pass, off with more, with --nearest and "
                         "for volumes)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
