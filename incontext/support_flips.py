@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
     import torch
 
 __all__ = ["AUTO_FLIP_MAX_SUPPORTS", "FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS",
-           "check_support_flips", "choose_support_flips", "default_support_flips",
+           "MIN_FLIP_CONSISTENCY", "check_support_flips", "choose_support_flips", "default_support_flips",
            "flipped_copies", "resolve_support_flips"]
 
 FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
@@ -60,7 +60,7 @@ def resolve_support_flips(value: str | None, supports_per_pass: int) -> str:
 
 
 def default_support_flips(supports_per_pass: int) -> str:
-    """The default setting for ``supports_per_pass`` supports: ``"auto"`` from 2 to
+    """The default setting for ``supports_per_pass`` supports: ``"auto"`` from 1 to
     :data:`AUTO_FLIP_MAX_SUPPORTS`, else ``"off"``."""
     return "auto" if 1 <= supports_per_pass <= AUTO_FLIP_MAX_SUPPORTS else "off"
 
