@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
     import torch
 
 __all__ = ["AUTO_FLIP_MAX_SUPPORTS", "FLIP_CHOICES", "FlipCheck", "MAX_FLIP_CHECKS",
-           "MIN_FLIP_CONSISTENCY", "check_support_flips", "choose_support_flips", "default_support_flips",
-           "flipped_copies", "resolve_support_flips"]
+           "MIN_FLIP_CONSISTENCY", "check_support_flips", "choose_support_flips",
+           "default_support_flips", "flipped_copies", "resolve_support_flips"]
 
 FLIP_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_FLIP_CHECKS = 8  # supports segmented from the others to decide (each: 2 forward passes)
