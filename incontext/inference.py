@@ -426,11 +426,7 @@ def segment(
     else:
         k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
-    # the default: the copies are checked where few supports leave room to gain (not with
-    # ``nearest``, which would choose among the copies too)
-    if nearest is not None and support_flips in (None, "default"):
-        support_flips = "off"
-    support_flips = resolve_support_flips(support_flips, k)
+    support_flips = resolve_support_flips(support_flips, k, nearest)  # None: the default
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,

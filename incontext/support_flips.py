@@ -51,11 +51,13 @@ def check_support_flips(value: str) -> str:
     return value
 
 
-def resolve_support_flips(value: str | None, supports_per_pass: int) -> str:
+def resolve_support_flips(value: str | None, supports_per_pass: int,
+                          nearest: int | None = None) -> str:
     """``off``, ``on`` or ``auto``: ``value`` itself, or for None / ``"default"`` the
-    default for ``supports_per_pass`` supports."""
+    default for ``supports_per_pass`` supports; ``"off"`` with ``nearest`` (which would
+    pick among the copies too)."""
     if value is None or value == "default":
-        return default_support_flips(supports_per_pass)
+        return "off" if nearest is not None else default_support_flips(supports_per_pass)
     return value
 
 
@@ -86,12 +88,6 @@ class FlipCheck:
     consistency: float | None = None
 
 
-def _dice(prob: torch.Tensor, truth: torch.Tensor, cut: float) -> float:
-    pred, true = prob >= cut, truth >= 0.5
-    total = int(pred.sum()) + int(true.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
-
-
 def choose_support_flips(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
                          cut: float = 0.5, seed: int = 0,
                          max_checks: int = MAX_FLIP_CHECKS) -> FlipCheck:
@@ -105,22 +101,23 @@ def choose_support_flips(predict: Predict, images: torch.Tensor, labels: torch.T
     """
     import torch
 
+    from incontext.calibration import dice_at
+
     n = int(images.shape[0])
     if n == 0:
         return FlipCheck(False)
     if n == 1:  # no other support to check against: does the task follow the content?
         copies, truths = flipped_copies(images)[1:], flipped_copies(labels)[1:]
-        prob = predict(copies, images, labels)
-        consistency = float(np.mean([_dice(prob[i], truths[i], cut) for i in range(3)]))
+        consistency = float(dice_at(predict(copies, images, labels), truths, cut).mean())
         return FlipCheck(consistency >= MIN_FLIP_CONSISTENCY, consistency=consistency)
     order = np.random.default_rng(seed).permutation(n)[:max(1, max_checks)]
     plain, flipped = [], []
     for i in order:
         rest = torch.from_numpy(np.delete(np.arange(n), i))
-        query, truth = images[i:i + 1], labels[i]
+        query, truth = images[i:i + 1], labels[i:i + 1]
         s_img, s_lab = images[rest], labels[rest]
-        plain.append(_dice(predict(query, s_img, s_lab)[0], truth, cut))
-        flipped.append(_dice(predict(query, flipped_copies(s_img), flipped_copies(s_lab))[0],
-                             truth, cut))
+        plain.append(float(dice_at(predict(query, s_img, s_lab), truth, cut)[0]))
+        flipped.append(float(dice_at(predict(query, flipped_copies(s_img),
+                                             flipped_copies(s_lab)), truth, cut)[0]))
     p, f = float(np.mean(plain)), float(np.mean(flipped))
     return FlipCheck(f > p, p, f, len(order))

@@ -255,9 +255,7 @@ class ModelMethod:
             if is_auto(self.tiles):
                 self.chosen_tiles.append(int(cal.tiles))
         sl_t = torch.from_numpy(sl)
-        flips = resolve_support_flips(self.support_flips, len(si))
-        if self.support_flips == "default" and self.nearest is not None:  # as segment does
-            flips = "off"
+        flips = resolve_support_flips(self.support_flips, len(si), self.nearest)
         if flips != "off":
             use = flips == "on"
             if not use:
