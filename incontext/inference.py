@@ -35,6 +35,7 @@ from incontext.preprocessing import (
     resize_probabilities,
     to_grayscale,
 )
+from incontext.refine import check_refine, choose_refine, refine_probabilities, resolve_refine
 from incontext.support_cache import PreparedSupports, cached, keep, support_key
 from incontext.support_flips import (
     check_support_flips,
@@ -87,6 +88,8 @@ class Segmentation:
                    :class:`incontext.hand_over.UNetHandOver` handed it to a U-Net
     flips:         per label, whether flipped copies of the supports were added
                    (``segment(support_flips=)``)
+    refined:       per label, whether the model's probabilities went through a pixel head
+                   fitted on the supports (``segment(refine=)``; its cut is 0.5)
     """
 
     mask: np.ndarray
@@ -100,6 +103,7 @@ class Segmentation:
     support_checks: list[int] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     flips: list[bool] = field(default_factory=list)
+    refined: list[bool] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -307,6 +311,7 @@ def segment(
     nearest: int | None = None,
     reuse: dict | None = None,
     support_flips: str | None = None,
+    refine: str | None = None,
 ) -> Segmentation | list[Segmentation]:
     """Segment ``query`` image(s) from a support set of (image, label map) pairs.
 
@@ -348,6 +353,12 @@ def segment(
     is ``"auto"`` with 1 to 4 supports per pass, ``"off"`` with more or with ``nearest``
     (:func:`incontext.support_flips.default_support_flips`). ``Segmentation.flips`` says
     which.
+    ``refine``: ``"on"`` passes the model's probabilities through a small per-pixel head
+    fitted on the supports (each segmented from the others) with local image filters
+    (:mod:`incontext.refine`; the model's weights are unchanged), ``"auto"`` only for labels
+    where the head beats the model on the supports (2-fold cross-validation), ``"off"``
+    never. The default (None or ``"default"``) is :func:`incontext.refine.default_refine`.
+    ``Segmentation.refined`` says where it was used.
     ``reuse``: a dict owned by the caller that keeps each label's choices (tiles, cut,
     rendering; under the label value) and the preprocessed supports
     (:mod:`incontext.support_cache`); pass the same dict to later calls with the **same
@@ -376,6 +387,8 @@ def segment(
         check_nearest(nearest)
         if support_flips is not None:
             check_support_flips(support_flips)
+        if refine is not None:
+            check_refine(refine)
     except ValueError as exc:
         raise SupportSetError(str(exc)) from None
     # the cut on the returned probabilities: auto cuts are rescaled to sit at 0.5
@@ -427,6 +440,7 @@ def segment(
         k = min(support_size or DEFAULT_SUPPORT_SIZE, pool)
     subsets = draw_support_subsets(pool, k, ensemble, seed)
     support_flips = resolve_support_flips(support_flips, k, nearest)  # None: the default
+    refine = resolve_refine(refine, k)
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,
@@ -439,6 +453,7 @@ def segment(
     cuts: list[float] = []
     colours: list[str] = []
     flips: list[bool] = []
+    refined: list[bool] = []
     estimates: list[tuple[float | None, int]] = []  # leave-one-out Dice on supports, checks
     was_training = model.training
     model.eval()
@@ -449,6 +464,7 @@ def segment(
                 cuts.append(base_cut)
                 colours.append(DEFAULT_COLOUR)
                 flips.append(False)
+                refined.append(False)
                 estimates.append((None, 0))
                 continue  # probability stays 0
             soft = prepared.soft[value]
@@ -497,12 +513,25 @@ def segment(
                 use_flips = check.use
                 if use_flips and check.flipped is not None:  # the estimate of what is used
                     estimate = (check.flipped, check.checks)
+            head = None
+            rgb_lab = None if not use_colour else rgb_s[g_lab][subsets[0]]
+            if known is not None:
+                head = known[5]
+            elif refine != "off":  # a pixel head on the model's output, where it helps
+                def flipped_run(a, b, c, g=g_lab, f=use_flips):
+                    return run(g, a, flipped_copies(b), flipped_copies(c)) if f else run(g, a, b, c)
+                check = choose_refine(flipped_run, s_use[g_lab][first], soft[g_lab][first],
+                                      rgb_lab, t_lab, seed, refine)
+                head = check.head
+                if head is not None and check.fitted is not None:
+                    estimate = (check.fitted, check.supports)
             if reuse is not None:
-                reuse[value] = (g_lab, t_lab, name, estimate, use_flips)
+                reuse[value] = (g_lab, t_lab, name, estimate, use_flips, head)
             chosen.append(g_lab)
-            cuts.append(t_lab)
+            cuts.append(t_lab if head is None else 0.5)
             colours.append(name)
             flips.append(use_flips)
+            refined.append(head is not None)
             estimates.append(estimate)
             first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
@@ -515,7 +544,14 @@ def segment(
                 if use_flips:
                     s_img, s_lab = flipped_copies(s_img), flipped_copies(s_lab)
                 prob = run(g_lab, q_use[g_lab], s_img, s_lab)
-                if auto_threshold:
+                if head is not None:  # the head's probabilities are cut at 0.5
+                    prob = torch.from_numpy(refine_probabilities(
+                        head, q_use[g_lab].numpy(), prob.clamp(0, 1).numpy(),
+                        None if rgb_lab is None else rgb_q[g_lab]))
+                    if not auto_threshold:  # the head's 0.5 moved to the fixed cut
+                        prob = torch.where(prob < 0.5, prob * (2 * base_cut),
+                                           base_cut + (prob - 0.5) * (2 * (1 - base_cut)))
+                elif auto_threshold:
                     prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)
     finally:
@@ -535,7 +571,8 @@ def segment(
                                     colours=list(colours),
                                     support_dice=[e[0] for e in estimates],
                                     support_checks=[e[1] for e in estimates],
-                                    methods=["model"] * n_lab, flips=list(flips)))
+                                    methods=["model"] * n_lab, flips=list(flips),
+                                    refined=list(refined)))
     return results[0] if single else results
 
 

@@ -51,6 +51,7 @@ def test_registry_names_and_errors():
         "mean-label",
         "threshold",
         "prototype",
+        "pixel-classifier",
     }
     for name, cls in BASELINES.items():
         assert cls.name == name
@@ -119,6 +120,28 @@ def test_input_validation_names_the_argument():
 
 
 # ---------------------------------------------------------------- method behaviour
+
+
+def test_pixel_classifier_finds_a_ridge_a_threshold_cannot():
+    # a dark line on a background darker still at the edges: no single grey cut separates
+    # them, the Hessian filters do
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for _ in range(6):
+        im = np.tile(np.linspace(0.0, 0.8, 40, dtype=np.float32), (40, 1))
+        lab = np.zeros((40, 40), np.float32)
+        col = int(rng.integers(8, 32))
+        im[:, col] += 0.15
+        lab[:, col] = 1
+        images.append(np.clip(im + rng.normal(0, 0.01, im.shape), 0, 1).astype(np.float32))
+        labels.append(lab)
+    si, sl = np.stack(images[:4]), np.stack(labels[:4])
+    qi, ql = np.stack(images[4:]), np.stack(labels[4:])
+    pixel = mean_dice(get_baseline("pixel-classifier").predict(si, sl, qi, seed=0), ql)
+    grey = mean_dice(get_baseline("threshold").predict(si, sl, qi, seed=0), ql)
+    assert pixel > 0.8 and pixel > grey + 0.4
+    with pytest.raises(ValueError, match="steps"):
+        get_baseline("pixel-classifier", steps=0)
 
 
 def test_threshold_recovers_planted_threshold():

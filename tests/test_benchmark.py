@@ -297,10 +297,10 @@ def test_end_to_end_with_model_and_all_baselines(index_paths, tmp_path):
     data = json.loads((out / "results.json").read_text())
     methods = set(data["methods"])
     assert methods == {"tiny", "supervised-unet", "supervised-unet-rgb", "nearest-support",
-                       "mean-label", "threshold", "prototype"}
+                       "mean-label", "threshold", "prototype", "pixel-classifier"}
     rows = data["rows"]
-    # 3 tasks x (6 baselines x 2 sizes + model x 2 sizes x 2 ensembles)
-    assert len(rows) == 3 * (6 * 2 + 2 * 2)
+    # 3 tasks x (7 baselines x 2 sizes + model x 2 sizes x 2 ensembles)
+    assert len(rows) == 3 * (7 * 2 + 2 * 2)
     assert {r["ensemble"] for r in rows if r["method"] == "tiny"} == {1, 3}
     assert {r["ensemble"] for r in rows if r["method"] != "tiny"} == {1}
     assert all(r["queries"] <= 2 for r in rows)

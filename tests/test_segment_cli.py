@@ -667,3 +667,30 @@ def test_hand_over_compares_on_the_supports_and_reports_it(tmp_path, model_path,
             str(model_path), "--hand-over"]
     assert run_cli(argv) == 2
     assert "--hand-over is for 2D images" in _err(capsys)
+
+
+def test_refine_on_reports_the_pixel_head_and_is_refused_for_volumes(tmp_path, model_path,
+                                                                   capsys):
+    import json
+
+    sup = make_2d_folder(tmp_path / "sup", n=5)
+    report = tmp_path / "run.json"
+    argv = ["segment", "--support-dir", str(sup), "--query", str(sup / "images"), "--out",
+            str(tmp_path / "out"), "--model", str(model_path), "--report", str(report),
+            "--refine", "on"]
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    (choice,) = json.loads(report.read_text())["choices"]
+    assert choice["refined"] is True and choice["cut"] == 0.5
+    assert "pixel head" in printed and "used" in printed
+    assert np.asarray(Image.open(tmp_path / "out" / "case2.png")).shape == (48, 48)
+    argv[argv.index("on")] = "off"
+    assert run_cli([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["choices"][0]["refined"] is False
+    assert "pixel head" not in capsys.readouterr().out
+    data = make_nnunet(tmp_path / "ds", n=2)
+    argv = ["segment", "--support-dir", str(data), "--query",
+            f"{data}/imagesTr/la_001_0000.nii.gz", "--out", str(tmp_path / "out3d"), "--model",
+            str(model_path), "--refine", "auto"]
+    assert run_cli(argv) == 2
+    assert "--refine is for 2D images" in _err(capsys)

@@ -11,13 +11,14 @@ from typing import Any
 from incontext.baselines.base import Baseline, check_inputs
 from incontext.baselines.mean_label import MeanLabel
 from incontext.baselines.nearest_support import NearestSupport
+from incontext.baselines.pixel_classifier import PixelClassifier
 from incontext.baselines.prototype import Prototype, RandomFeatureEncoder
 from incontext.baselines.supervised_unet import SupervisedUNet, SupervisedUNetRGB
 from incontext.baselines.threshold import Threshold
 
 BASELINES: dict[str, type[Baseline]] = {
     cls.name: cls for cls in (SupervisedUNet, NearestSupport, MeanLabel, Threshold, Prototype,
-                              SupervisedUNetRGB)
+                              SupervisedUNetRGB, PixelClassifier)
 }
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Baseline",
     "MeanLabel",
     "NearestSupport",
+    "PixelClassifier",
     "Prototype",
     "RandomFeatureEncoder",
     "SupervisedUNet",

@@ -88,6 +88,7 @@ def run_benchmark(
     model_nearest: int | None = None,
     model_hand_over: bool = False,
     model_support_flips: str = "off",
+    model_refine: str = "off",
     model_device: str = "cpu",
     baseline_device: str = "cpu",
     progress: bool = True,
@@ -117,7 +118,9 @@ def run_benchmark(
     draw when it beats the model on them (:mod:`incontext.hand_over`); rows named
     ``<model>-...-hand-over``. ``model_support_flips`` ``"on"`` adds flipped copies of the
     supports, ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`);
-    rows named ``<model>-...-flips-<f>``.
+    rows named ``<model>-...-flips-<f>``. ``model_refine`` ``"on"`` / ``"auto"`` /
+    ``"default"`` passes the model's probabilities through a pixel head fitted on the
+    supports (:mod:`incontext.refine`); rows named ``<model>-...-refine-<r>``.
     ``model_device``: where a model loaded by name runs (``"auto"``, ``"cpu"``, ``"cuda"``,
     ...; :mod:`incontext.device`); ``baseline_device``: where the baselines that train a
     network (``supervised-unet``, ``-rgb``) do it; the other baselines run on the CPU.
@@ -153,6 +156,7 @@ def run_benchmark(
                                            colour=model_colour, nearest=model_nearest,
                                            hand_over=model_hand_over,
                                            support_flips=model_support_flips,
+                                           refine=model_refine,
                                            device=model_device)
     if note:
         notes.append(note)

@@ -49,6 +49,7 @@ from incontext.hand_over import (
     prefers_unet,
 )
 from incontext.inference import predict_probabilities
+from incontext.refine import check_refine, choose_refine, refine_probabilities, resolve_refine
 from incontext.support_flips import (
     check_support_flips,
     choose_support_flips,
@@ -94,7 +95,10 @@ class ModelMethod:
     ``"auto"`` where they segment the supports better (:mod:`incontext.support_flips`;
     ``chosen_flips`` records each choice), ``"default"`` as ``segment`` does by default
     (auto with 1 to 4 supports, else off); the cut, tiling and rendering are chosen first,
-    on the supports as given.
+    on the supports as given. ``refine`` ``"on"`` passes the model's probabilities through a
+    pixel head fitted on the supports, ``"auto"`` where it beats the model on them
+    (:mod:`incontext.refine`; ``chosen_refine`` records each choice), ``"default"`` as
+    ``segment`` does by default; decided after the flips.
     """
 
     ensembles = True
@@ -104,8 +108,10 @@ class ModelMethod:
                  threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
                  nearest: int | None = None, hand_over: bool = False,
                  margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
-                 unet_steps: int = DEFAULT_UNET_STEPS, support_flips: str = "off") -> None:
+                 unet_steps: int = DEFAULT_UNET_STEPS, support_flips: str = "off",
+                 refine: str = "off") -> None:
         check_tta(tta)
+        check_refine(refine)
         check_support_flips(support_flips)
         check_nearest(nearest)
         check_tiles(tiles)
@@ -126,6 +132,10 @@ class ModelMethod:
         if support_flips != "off":
             self.name += f"-flips-{support_flips}"
         self.support_flips = support_flips
+        if refine != "off":
+            self.name += f"-refine-{refine}"
+        self.refine = refine
+        self.chosen_refine: list[bool] = []  # with refine "auto"/"default": each choice
         self.chosen_flips: list[bool] = []  # with support_flips="auto": each prediction's choice
         self.hand_over = None
         if hand_over:
@@ -255,6 +265,7 @@ class ModelMethod:
             if is_auto(self.tiles):
                 self.chosen_tiles.append(int(cal.tiles))
         sl_t = torch.from_numpy(sl)
+        flipped = False
         flips = resolve_support_flips(self.support_flips, len(si), self.nearest)
         if flips != "off":
             use = flips == "on"
@@ -264,9 +275,25 @@ class ModelMethod:
                     si_t, sl_t, float(cal.threshold), seed).use
                 if record:
                     self.chosen_flips.append(use)
-            if use:
-                si_t, sl_t = flipped_copies(si_t), flipped_copies(sl_t)
-        prob = self._run(int(cal.tiles), qi_t, si_t, sl_t).clamp(0, 1)
+            flipped = use
+        tiles = int(cal.tiles)
+
+        def run(q: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
+            if flipped:
+                s_img, s_lab = flipped_copies(s_img), flipped_copies(s_lab)
+            return self._run(tiles, q, s_img, s_lab)
+
+        prob = run(qi_t, si_t, sl_t).clamp(0, 1)
+        refine = resolve_refine(self.refine, len(si))
+        if refine != "off":
+            colour = self._renders_colour(support_colour, query_colour)
+            check = choose_refine(run, si_t, sl_t, support_colour if colour else None,
+                                  float(cal.threshold), seed, refine)
+            if record and refine != "on":
+                self.chosen_refine.append(check.use)
+            if check.head is not None:
+                return refine_probabilities(check.head, qi_t.numpy(), prob.numpy(),
+                                            query_colour if colour else None)
         return rescale_to_threshold(prob, float(cal.threshold)).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -290,6 +317,8 @@ class ModelMethod:
             info["nearest"] = self.nearest
         if self.support_flips != "off":  # likewise
             info["support_flips"] = self.support_flips
+        if self.refine != "off":  # likewise
+            info["refine"] = self.refine
         if self.hand_over is not None:  # likewise
             info["hand_over"] = dict(self.hand_over, unet=self._unet.describe())
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows
@@ -343,7 +372,8 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
                       threshold: float | str = 0.5, tta: int = 1,
                       colour: str = DEFAULT_COLOUR, nearest: int | None = None,
                       hand_over: bool = False, device: str = "cpu",
-                      support_flips: str = "off") -> tuple[ModelMethod | None, str | None]:
+                      support_flips: str = "off", refine: str = "off"
+                      ) -> tuple[ModelMethod | None, str | None]:
     """The model to benchmark, and a note when there is none.
 
     ``None`` -> the default model (``load_model()``); when no default model is shipped the
@@ -356,7 +386,7 @@ def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | 
 
     settings: dict[str, Any] = {"tiles": tiles, "threshold": threshold, "tta": tta,
                                 "colour": colour, "nearest": nearest, "hand_over": hand_over,
-                                "support_flips": support_flips}
+                                "support_flips": support_flips, "refine": refine}
 
     if isinstance(model, nn.Module):
         return ModelMethod(model, name=getattr(model, "benchmark_name", "model"),

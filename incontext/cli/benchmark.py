@@ -19,6 +19,7 @@ from incontext.cli import (
     tiles_value,
 )
 from incontext.colour import COLOUR_CHOICES
+from incontext.refine import REFINE_CHOICES
 from incontext.support_flips import FLIP_CHOICES
 from incontext.tta import TTA_CHOICES
 
@@ -99,6 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(leave-one-out on up to 8 supports; one support: its own copies), "
                         "or default = as segment does "
                         "by default (auto with 1 to 4 supports, else off)")
+    p.add_argument("--model-refine", choices=REFINE_CHOICES, default="off",
+                   help="pass the model's probabilities through a small per-pixel head fitted "
+                        "on the supports (model probability + local image filters): off "
+                        "(default), on, auto = where it beats the model on the supports "
+                        "(2-fold cross-validation), or default = as segment does by default")
     p.add_argument("--text-model", default=None, metavar="NAME_OR_PATH",
                    help="also benchmark a TextDriven model, prompted with each task's label "
                         "name, with the support examples, or both (see --text-modes)")
@@ -177,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         model_threshold=args.model_threshold, model_tta=args.model_tta,
         model_colour=args.model_colour, model_nearest=args.model_nearest,
         model_hand_over=args.model_hand_over, model_support_flips=args.model_support_flips,
+        model_refine=args.model_refine,
         model_device=args.device, baseline_device=args.device)
     print_tables(results, console)
     console.print(f"wrote {args.out}/results.json, results.csv, report.md "

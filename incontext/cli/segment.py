@@ -16,6 +16,7 @@ from incontext.cli import add_device_argument, positive_int, threshold_value, ti
 from incontext.cli.text_options import add_text_arguments
 from incontext.colour import COLOUR_CHOICES
 from incontext.ct_windows import CT_WINDOWS
+from incontext.refine import REFINE_CHOICES
 from incontext.support_flips import FLIP_CHOICES
 from incontext.tta import TTA_CHOICES
 
@@ -76,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "its own flipped copies segmented from it) (default: auto "
                         "with 1 to 4 supports per pass, off with more, with --nearest and "
                         "for volumes)")
+    p.add_argument("--refine", choices=REFINE_CHOICES, default=None,
+                   help="2D: pass the model's probabilities through a small per-pixel head "
+                        "fitted on the supports (each segmented from the others) with local "
+                        "image filters, about a second per label; on, off, or auto = per "
+                        "label where it beats the model on the supports (2-fold "
+                        "cross-validation) (default: see docs/segment.md; off for volumes)")
     p.add_argument("--threshold", type=threshold_value, default=None, metavar="T|auto",
                    help="probability threshold for foreground; auto = chosen per label by "
                         "segmenting supports from the others (for volumes: whole support "

@@ -45,6 +45,7 @@ class LabelChoice:
     method: str = "model"  # what segmented the label: "model", or "unet" (--hand-over)
     hand_over: dict | None = None  # --hand-over: the model's and the U-Net's Dice compared
     flips: bool = False  # --support-flips: flipped copies of the supports were added
+    refined: bool = False  # --refine: a pixel head fitted on the supports was used
 
 
 @dataclass
@@ -66,7 +67,8 @@ def label_choices(result, labels: list[int], hand_over=None) -> list[LabelChoice
     return [LabelChoice(v, result.tiles[i], result.thresholds[i], result.colours[i],
                         result.support_dice[i], result.support_checks[i],
                         result.methods[i] if result.methods else "model", compared.get(v),
-                        bool(result.flips[i]) if result.flips else False)
+                        bool(result.flips[i]) if result.flips else False,
+                        bool(result.refined[i]) if result.refined else False)
             for i, v in enumerate(labels)]
 
 
@@ -112,6 +114,9 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
     flipped = any(c.flips for c in choices)
     if flipped:
         table.add_column("flipped supports")
+    refined = any(c.refined for c in choices)
+    if refined:
+        table.add_column("pixel head")
     if compared:
         table.add_column("segmented by")
     for c in choices:
@@ -122,6 +127,8 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
                f"{c.support_dice:.2f}" if measured else "not measured"]
         if flipped:
             row.append("added" if c.flips else "no")
+        if refined:
+            row.append("used" if c.refined else "no")
         table.add_row(*row, *([_method_text(c)] if compared else []))
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]

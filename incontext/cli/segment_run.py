@@ -193,6 +193,9 @@ def _run(args: argparse.Namespace) -> int:
                                                                             "default"):
         raise CLIError("--support-flips is for 2D images; volumes are segmented from the "
                        "support slices as given (leave it out)")
+    if supports.ndim == 3 and getattr(args, "refine", None) not in (None, "off", "default"):
+        raise CLIError("--refine is for 2D images; volumes are segmented by the model alone "
+                       "(leave it out)")
     if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
         raise CLIError("--nearest is for 2D images; volumes already pick support slices by "
                        "position (leave it out)")
@@ -277,7 +280,8 @@ def _segment_options(supports: SupportSet, wanted, window, args) -> dict:
                 modality=args.modality, window=window, supports_normalized=supports.normalized,
                 tiles=args.tiles, tta=args.tta, colour=getattr(args, "colour", "luma"),
                 nearest=getattr(args, "nearest", None),
-                support_flips=getattr(args, "support_flips", None))
+                support_flips=getattr(args, "support_flips", None),
+                refine=getattr(args, "refine", None))
 
 
 def _support_images(supports: SupportSet, args):
