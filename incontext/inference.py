@@ -89,7 +89,8 @@ class Segmentation:
     flips:         per label, whether flipped copies of the supports were added
                    (``segment(support_flips=)``)
     refined:       per label, whether the model's probabilities went through a pixel head
-                   fitted on the supports (``segment(refine=)``; its cut is 0.5)
+                   fitted on the supports (``segment(refine=)``; ``thresholds`` then gives
+                   the cut on the head's probabilities)
     """
 
     mask: np.ndarray
@@ -521,14 +522,17 @@ def segment(
                 def flipped_run(a, b, c, g=g_lab, f=use_flips):
                     return run(g, a, flipped_copies(b), flipped_copies(c)) if f else run(g, a, b, c)
                 check = choose_refine(flipped_run, s_use[g_lab][first], soft[g_lab][first],
-                                      rgb_lab, t_lab, seed, refine)
+                                      rgb_lab, t_lab, seed, refine,
+                                      head_cuts=THRESHOLD_GRID if auto_threshold else (0.5,))
                 head = check.head
-                if head is not None and check.fitted is not None:
-                    estimate = (check.fitted, check.supports)
+                if head is not None:
+                    t_lab = check.cut
+                    if check.fitted is not None:
+                        estimate = (check.fitted, check.supports)
             if reuse is not None:
                 reuse[value] = (g_lab, t_lab, name, estimate, use_flips, head)
             chosen.append(g_lab)
-            cuts.append(t_lab if head is None else 0.5)
+            cuts.append(t_lab)
             colours.append(name)
             flips.append(use_flips)
             refined.append(head is not None)
@@ -544,14 +548,14 @@ def segment(
                 if use_flips:
                     s_img, s_lab = flipped_copies(s_img), flipped_copies(s_lab)
                 prob = run(g_lab, q_use[g_lab], s_img, s_lab)
-                if head is not None:  # the head's probabilities are cut at 0.5
+                if head is not None:  # the head's probabilities, cut at its own cut
                     prob = torch.from_numpy(refine_probabilities(
                         head, q_use[g_lab].numpy(), prob.clamp(0, 1).numpy(),
                         None if rgb_lab is None else rgb_q[g_lab]))
                     if not auto_threshold:  # the head's 0.5 moved to the fixed cut
                         prob = torch.where(prob < 0.5, prob * (2 * base_cut),
                                            base_cut + (prob - 0.5) * (2 * (1 - base_cut)))
-                elif auto_threshold:
+                if auto_threshold:
                     prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)
     finally:

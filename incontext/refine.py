@@ -19,7 +19,7 @@ used. :data:`REFINE_CHOICES` are ``segment``'s and the benchmark's settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -162,27 +162,31 @@ def _features(images: np.ndarray, probs: np.ndarray, colour: np.ndarray | None,
 class RefineCheck:
     """One label's decision: ``use`` the head or not, from the mean Dice on ``supports``
     supports of the model (each segmented from the others, at its cut) and of the head
-    (2-fold cross-validated on them); both None when nothing was checked (``"on"``, or
-    fewer than 2 supports). ``head`` is fitted on all of them when used."""
+    (2-fold cross-validated on them, at ``cut``, the best of the cuts tried on those
+    predictions); both None when nothing was checked (``"on"``, or fewer than 2
+    supports). ``head`` is fitted on all of them when used; its probabilities are cut at
+    ``cut``."""
 
     use: bool
     model: float | None = None
     fitted: float | None = None
     supports: int = 0
     head: PixelHead | None = None
+    cut: float = 0.5
 
 
 def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
                   colour: np.ndarray | None = None, cut: float = 0.5, seed: int = 0,
-                  mode: str = "auto", max_supports: int = MAX_REFINE_SUPPORTS) -> RefineCheck:
+                  mode: str = "auto", max_supports: int = MAX_REFINE_SUPPORTS,
+                  head_cuts: Sequence[float] = (0.5,)) -> RefineCheck:
     """Fit the pixel head on supports segmented from the others, and say whether to use it.
 
     ``predict`` as in :func:`incontext.support_flips.choose_support_flips`; images and
     labels (S, H, W) at the size ``predict`` works at, ``colour`` (S, 3, H, W) or None.
     Up to ``max_supports`` supports (a seeded choice) are segmented from all the others;
-    ``mode="on"`` fits the head on them, ``"auto"`` first compares its 2-fold
-    cross-validated Dice with the model's leave-one-out Dice at ``cut``.
-    Fewer than 2 supports: the head is not used.
+    ``mode="on"`` fits the head on them (its cut: 0.5), ``"auto"`` first compares its
+    2-fold cross-validated Dice, at the best of ``head_cuts`` on those predictions, with the
+    model's leave-one-out Dice at ``cut``. Fewer than 2 supports: the head is not used.
     """
     import torch
 
@@ -208,16 +212,19 @@ def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
     if mode == "auto":
         model_dice = float(dice_at(torch.from_numpy(prob), torch.from_numpy(truth), cut).mean())
         fold = np.arange(len(chosen)) % 2
-        scores = []
+        held_out = np.zeros_like(truth)  # each support's head probabilities from the other fold
         for f in (0, 1):
             train = np.repeat(fold != f, pixels)
             head = fit_pixel_head(feats[train], truth.reshape(-1)[train], seed)
-            part = head.predict(feats[~train]).reshape(-1, *img.shape[1:])
-            scores.extend(dice_at(torch.from_numpy(part), torch.from_numpy(truth[fold == f])))
-        head_dice = float(np.mean(scores))
+            held_out[fold == f] = head.predict(feats[~train]).reshape(-1, *img.shape[1:])
+        scores = {float(t): float(dice_at(torch.from_numpy(held_out), torch.from_numpy(truth),
+                                          float(t)).mean()) for t in head_cuts}
+        head_cut = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))
+        head_dice = scores[head_cut]
         use = head_dice > model_dice
     head = fit_pixel_head(feats, truth.reshape(-1), seed) if use else None
-    return RefineCheck(use, model_dice, head_dice, len(chosen), head)
+    return RefineCheck(use, model_dice, head_dice, len(chosen), head,
+                       head_cut if use and mode == "auto" else 0.5)
 
 
 def refine_probabilities(head: PixelHead, images: np.ndarray, probs: np.ndarray,

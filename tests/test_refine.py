@@ -9,6 +9,7 @@ import torch
 from fake_models import EchoQuery, MeanSupportLabel
 
 from incontext.benchmark.methods import ModelMethod
+from incontext.calibration import THRESHOLD_GRID
 from incontext.inference import SupportSetError, segment
 from incontext.metrics import dice
 from incontext.refine import (
@@ -72,6 +73,10 @@ def test_auto_uses_the_head_where_it_beats_the_model_on_the_supports():
                           cut=0.5, mode="auto")
     assert check.use and check.head is not None and check.supports == 8
     assert check.fitted > check.model + 0.3  # the blurred mean label against bright squares
+    assert check.cut == 0.5  # the only cut offered
+    cuts = choose_refine(_mean_label, torch.from_numpy(images), torch.from_numpy(labels),
+                         cut=0.5, mode="auto", head_cuts=THRESHOLD_GRID)
+    assert cuts.use and cuts.cut in THRESHOLD_GRID and cuts.fitted >= check.fitted
 
 
 def test_auto_keeps_a_model_that_is_already_right():
@@ -128,14 +133,17 @@ def test_segment_refines_where_asked_and_reports_it():
     auto = segment(model, query, support_images, support_labels, refine="auto",
                    supports_normalized=True)
     assert off.refined == [False] and auto.refined == [True]
-    assert auto.thresholds == [0.5]
+    assert auto.thresholds[0] in THRESHOLD_GRID  # the head's cut, chosen on the supports
     assert auto.support_checks == [8] and auto.support_dice[0] > 0.8  # the head's own check
     assert float(dice(auto.mask > 0, truth > 0)) > float(dice(off.mask > 0, truth > 0)) + 0.3
-    # a fixed cut applies where the head says 0.5
+    # with a fixed cut the head's 0.5 is moved there: the same mask at any fixed cut
     fixed = segment(model, query, support_images, support_labels, refine="on", threshold=0.3,
                     supports_normalized=True)
-    assert fixed.refined == [True]
-    np.testing.assert_array_equal(fixed.mask, auto.mask)
+    half = segment(model, query, support_images, support_labels, refine="on", threshold=0.5,
+                   supports_normalized=True)
+    assert fixed.refined == half.refined == [True] and fixed.thresholds == [0.5]
+    np.testing.assert_array_equal(fixed.mask, half.mask)
+    assert (fixed.probabilities[0] >= 0.3).sum() == (half.probabilities[0] >= 0.5).sum()
     # the head is kept with the label's other choices for the next call
     reuse: dict = {}
     first = segment(model, query, support_images, support_labels, refine="auto", reuse=reuse,

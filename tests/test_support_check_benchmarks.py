@@ -52,6 +52,24 @@ def test_gate_hands_a_task_to_the_threshold_when_it_segments_the_supports_better
     assert mg.gate(rows[0], ("threshold", "nearest-support"), margin=0.0) == "model"
 
 
+def test_refine_gate_rows_score_the_head_and_the_model_on_the_same_draws():
+    rg = load_script("refine_gate")
+    # the mean support label misses discs that move; the head reads them off the image
+    rows = rg.run_task(MeanSupportLabel(32), _task(), support_size=6, repeats=2)
+    assert len(rows) == 2
+    for row in rows:
+        scored = rg.variants(row)
+        assert scored["always"] > row["model"] + 0.3 and max(row["head_cv"].values()) > 0.8
+        assert scored["gcut@0"] == row["head"][max(
+            row["head_cv"], key=lambda t: (round(row["head_cv"][t], 6),
+                                           -abs(float(t) - 0.5)))]
+        assert scored["oracle"] >= max(scored["model"], scored["always"])
+    # a model already exact keeps its task at every margin
+    (row,) = rg.run_task(EchoQuery(32), _task(), support_size=6, repeats=1)
+    assert row["model"] == pytest.approx(1.0) and row["model_loo"] == pytest.approx(1.0)
+    assert all(v == row["model"] for k, v in rg.variants(row).items() if "@" in k)
+
+
 def test_model_choice_picks_the_model_that_segments_the_supports_best():
     mc = load_script("model_choice")
     models = {"default": MeanSupportLabel(32), "other": EchoQuery(32)}

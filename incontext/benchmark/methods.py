@@ -288,12 +288,15 @@ class ModelMethod:
         if refine != "off":
             colour = self._renders_colour(support_colour, query_colour)
             check = choose_refine(run, si_t, sl_t, support_colour if colour else None,
-                                  float(cal.threshold), seed, refine)
+                                  float(cal.threshold), seed, refine,
+                                  head_cuts=THRESHOLD_GRID if self.threshold == "auto"
+                                  else (0.5,))
             if record and refine != "on":
                 self.chosen_refine.append(check.use)
             if check.head is not None:
-                return refine_probabilities(check.head, qi_t.numpy(), prob.numpy(),
-                                            query_colour if colour else None)
+                head = torch.from_numpy(refine_probabilities(
+                    check.head, qi_t.numpy(), prob.numpy(), query_colour if colour else None))
+                return rescale_to_threshold(head, check.cut).numpy().astype(np.float32)
         return rescale_to_threshold(prob, float(cal.threshold)).numpy().astype(np.float32)
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Experiment: when should the pixel head (``segment --refine``) replace the model's output?
+
+For each task and draw (supports from the train split, queries from ``--query-split``) the
+model (grey luma, whole image, cut chosen on the supports as ``support_calibration`` does)
+segments every support from the others and the queries from all the supports; the pixel
+head of :mod:`incontext.refine` is fitted on the supports' leave-one-out probabilities,
+once per half of them (2-fold: each half predicted by the head fitted on the other) and
+once on all. Scores (query Dice; no query label is used by any gate):
+
+* ``model``: the model alone;
+* ``always``: the head at a 0.5 cut; ``always-cvcut``: at the cut that is best on the
+  2-fold predictions;
+* ``gate@m`` / ``gcut@m``: the head (at 0.5 / at the 2-fold cut) where its 2-fold Dice beats
+  the model's leave-one-out Dice by more than m, else the model (``segment --refine auto``
+  is ``gcut@0``);
+* ``oracle``: the better of the model and the head at 0.5 on the queries (a bound).
+
+Run it on training-pool indexes only, on the val split (choices are tuned there):
+
+    I=""; for d in jsrt busi ph2 hc18 drions_od monuseg isbi_em left_atrium_3d drions_vessels; do
+        I="$I --index /work/indexes/train-colour/$d.h5"; done
+    OMP_NUM_THREADS=1 python benchmarks/refine_gate.py $I --query-split val --support-size 16
+
+Prints a table (Dice x 100 per dataset) and writes results/refine_gate.json. About 20 s per
+task and draw pair at N = 16 on 1 thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import add_task_options, dataset_table, pool_tasks, write_json  # noqa: E402
+
+MARGINS = (-0.05, 0.0, 0.03)
+
+
+def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
+    """One row per draw: the model's query and leave-one-out Dice, the head's 2-fold Dice and
+    query Dice at every cut of the grid."""
+    import numpy as np
+    import torch
+
+    from incontext.benchmark.protocol import support_draws
+    from incontext.calibration import THRESHOLD_GRID, dice_at, support_calibration
+    from incontext.inference import predict_probabilities
+    from incontext.refine import _features, fit_pixel_head, refine_probabilities
+
+    def run(q, si, sl):
+        return predict_probabilities(model, q, si, sl).clamp(0, 1)
+
+    queries = torch.from_numpy(task.query_images)
+    truth_q = torch.from_numpy(task.query_labels)
+    rows = []
+    for draw in support_draws(task.name, task.pool_size, support_size, repeats):
+        si = torch.from_numpy(task.pool_images[draw.indices])
+        sl = torch.from_numpy(task.pool_labels[draw.indices])
+        n = si.shape[0]
+        cal = support_calibration(lambda g, a, b, c: run(a, b, c), si, sl, (1,),
+                                  THRESHOLD_GRID, seed=draw.seed)
+        prob_q = run(queries, si, sl)
+        loo = torch.stack([run(si[i:i + 1], si[[j for j in range(n) if j != i]],
+                               sl[[j for j in range(n) if j != i]])[0] for i in range(n)])
+        colour = None if task.pool_colour is None else task.pool_colour[draw.indices]
+        truth = (sl.numpy() >= 0.5).astype(np.float32)
+        feats = _features(si.numpy(), loo.numpy(), colour)
+        pixels = si.shape[1] * si.shape[2]
+        fold = np.arange(n) % 2
+        held_out = np.zeros_like(truth)
+        for f in (0, 1):
+            train = np.repeat(fold != f, pixels)
+            head = fit_pixel_head(feats[train], truth.reshape(-1)[train], draw.seed)
+            held_out[fold == f] = head.predict(feats[~train]).reshape(-1, *si.shape[1:])
+        head = fit_pixel_head(feats, truth.reshape(-1), draw.seed)
+        refined = torch.from_numpy(refine_probabilities(head, task.query_images,
+                                                        prob_q.numpy(), task.query_colour))
+        rows.append({
+            "draw": draw.repeat,
+            "model": float(dice_at(prob_q, truth_q, cal.threshold).mean()),
+            "model_loo": float(dice_at(loo, sl, cal.threshold).mean()),
+            "head_cv": {str(t): float(dice_at(torch.from_numpy(held_out),
+                                              torch.from_numpy(truth), t).mean())
+                        for t in THRESHOLD_GRID},
+            "head": {str(t): float(dice_at(refined, truth_q, t).mean())
+                     for t in THRESHOLD_GRID}})
+    return rows
+
+
+def variants(row: dict) -> dict[str, float]:
+    """Every scored variant of one row (see the module docstring)."""
+    cv = {float(k): v for k, v in row["head_cv"].items()}
+    head = {float(k): v for k, v in row["head"].items()}
+    best = max(cv, key=lambda t: (round(cv[t], 6), -abs(t - 0.5)))
+    out = {"model": row["model"], "always": head[0.5], "always-cvcut": head[best]}
+    for m in MARGINS:
+        out[f"gate@{m:g}"] = head[0.5] if cv[0.5] > row["model_loo"] + m else row["model"]
+        out[f"gcut@{m:g}"] = head[best] if cv[best] > row["model_loo"] + m else row["model"]
+    out["oracle"] = max(row["model"], head[0.5])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_task_options(parser, RESULTS / "refine_gate.json")
+    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    import incontext
+
+    model = incontext.load_model(args.model) if args.model else incontext.load_model()
+    model.eval()
+    results: dict[str, dict] = {}
+    for name, task in pool_tasks(args):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            rows = run_task(model, task, args.support_size, args.repeats)
+        scored = [variants(r) for r in rows]
+        scores = {k: float(np.mean([s[k] for s in scored])) for k in scored[0]}
+        results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
+        print(f"{name:45s} " + " ".join(f"{k}={100 * v:5.1f}" for k, v in scores.items()
+                                        if k in ("model", "always", "gcut@0"))
+              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if not results:
+        parser.error("no task matched --tasks")
+    by_dataset, mean = dataset_table(results)
+    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
+                           "queries_per_task": args.queries_per_task,
+                           "query_split": args.query_split, "model": args.model or "default",
+                           "mean": mean, "datasets": by_dataset, "tasks": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
