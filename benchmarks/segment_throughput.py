@@ -81,7 +81,9 @@ def time_mode(model, queries: np.ndarray, supports: np.ndarray, labels: np.ndarr
             segment(model, one, supports, labels, reuse=reuse, batch_size=batch_size,
                     **settings)
         per_file.append((time.perf_counter() - t0) / len(queries))
-        choices = {k: list(v) for k, v in reuse.items() if isinstance(k, int)}
+        # per label: tiles, cut, rendering, (estimate, checks), flips, pixel head used
+        choices = {k: [*v[:5], v[5] is not None] for k, v in reuse.items()
+                   if isinstance(k, int)}
     n = len(queries)
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     return {"cold_s": cold_s, "warm_s": warm_s, "checks_s": max(cold_s - warm_s, 0.0),

@@ -34,7 +34,7 @@ from pool_tasks import add_task_options, as_images, pool_tasks, write_json  # no
 
 
 def run_task(model, task, support_size: int, repeats: int,
-             support_flips: str | None = None) -> list[dict]:
+             support_flips: str | None = None, refine: str | None = None) -> list[dict]:
     import numpy as np
 
     from incontext.benchmark.protocol import support_draws
@@ -47,7 +47,7 @@ def run_task(model, task, support_size: int, repeats: int,
         supports = as_images(task.pool_images, task.pool_colour, draw.indices)
         labels = [task.pool_labels[i].astype(np.uint8) for i in draw.indices]
         result = segment(model, queries, supports, labels, seed=draw.seed,
-                         support_flips=support_flips)
+                         support_flips=support_flips, refine=refine)
         estimate = result[0].support_dice[0]
         if estimate is None:
             continue
@@ -56,7 +56,8 @@ def run_task(model, task, support_size: int, repeats: int,
         rows.append({"draw": draw.repeat, "estimate": float(estimate), "query": query,
                      "checks": result[0].support_checks[0], "tiles": result[0].tiles[0],
                      "cut": result[0].thresholds[0], "rendering": result[0].colours[0],
-                     "flips": bool(result[0].flips[0])})
+                     "flips": bool(result[0].flips[0]),
+                     "refined": bool(result[0].refined[0])})
     return rows
 
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--support-flips", default=None, choices=("off", "on", "auto"),
                         help="segment's support_flips (default: its default, auto with 2 "
                              "to 4 supports)")
+    parser.add_argument("--refine", default=None, choices=("off", "on", "auto"),
+                        help="segment's refine (default: its default, auto from 2 supports; "
+                             "the rows before session 26 were measured without it: off)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -79,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, task in pool_tasks(args):
         start = time.perf_counter()
         with torch.inference_mode():
-            rows = run_task(model, task, args.support_size, args.repeats, args.support_flips)
+            rows = run_task(model, task, args.support_size, args.repeats, args.support_flips,
+                            args.refine)
         results[name] = {"dataset": task.dataset, "rows": rows}
         for r in rows:
             print(f"{name:45s} draw {r['draw']}: estimate {100 * r['estimate']:5.1f}  "
                   f"queries {100 * r['query']:5.1f}  ({r['rendering']}, tiles "
-                  f"{r['tiles']}, cut {r['cut']:g}{', flipped supports' if r['flips'] else ''})",
+                  f"{r['tiles']}, cut {r['cut']:g}{', flipped supports' if r['flips'] else ''}"
+                  f"{', pixel head' if r['refined'] else ''})",
                   flush=True)
         print(f"{'':45s} ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = [r for t in results.values() for r in t["rows"]]
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                            "queries_per_task": args.queries_per_task,
                            "query_split": args.query_split, "indexes": args.index,
                            "model": args.model or "default",
-                           "support_flips": args.support_flips or "default", "summary": summary,
+                           "support_flips": args.support_flips or "default",
+                           "refine": args.refine or "default", "summary": summary,
                            "tasks": results})
     return 0
 

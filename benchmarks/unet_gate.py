@@ -73,13 +73,15 @@ def run_task(model, unet, task, support_size: int, repeats: int, folds: int,
 
     def model_dice(queries, truth, supports, labels, seed, **options) -> np.ndarray:
         with torch.inference_mode():
-            result = segment(model, queries, supports, labels, seed=seed, **options)
+            # refine off: the model as it was when this gate was measured (before session 26)
+            result = segment(model, queries, supports, labels, seed=seed, refine="off",
+                             **options)
         return np.atleast_1d(dice(np.stack([r.mask > 0 for r in result]), truth >= 0.5))
 
     def full_choices(queries, supports, labels, seed) -> dict:
         """The tiling, cut and rendering segment() chooses on all the supports."""
         with torch.inference_mode():
-            first = segment(model, queries[:1], supports, labels, seed=seed)[0]
+            first = segment(model, queries[:1], supports, labels, seed=seed, refine="off")[0]
         return {"tiles": first.tiles[0], "threshold": first.thresholds[0],
                 "colour": first.colours[0]}
 

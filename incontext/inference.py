@@ -80,9 +80,10 @@ class Segmentation:
     support_dice:  per label, the mean Dice of the chosen settings on supports segmented
                    from the other supports (leave-one-out; no query label; with their
                    flipped copies where those were added): an estimate of
-                   the Dice to expect on the queries. None where no setting was chosen on
-                   the supports (fixed tiles, cut and rendering) or too few supports had
-                   foreground to check (3 for a cut, 1 otherwise)
+                   the Dice to expect on the queries; where the pixel head was used, its
+                   2-fold Dice (``segment(refine=)``). None where nothing was chosen on
+                   the supports (fixed tiles, cut and rendering, refine off) or too few
+                   supports had foreground to check (3 for a cut, 1 otherwise)
     support_checks: per label, how many supports that estimate averages (0: not measured)
     methods:       per label, what segmented it: ``"model"``, or ``"unet"`` where
                    :class:`incontext.hand_over.UNetHandOver` handed it to a U-Net

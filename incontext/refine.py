@@ -28,12 +28,13 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports this module
     import torch
 
-__all__ = ["MAX_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead", "RefineCheck",
-           "check_refine", "choose_refine", "default_refine", "describe_check",
+__all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
+           "RefineCheck", "check_refine", "choose_refine", "default_refine", "describe_check",
            "fit_pixel_head", "pixel_features", "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
+MIN_REFINE_SUPPORTS = 2  # fewer: nothing to fit and check the head on
 HEAD_STEPS = 300  # Adam steps of the head on batches of HEAD_BATCH support pixels
 HEAD_BATCH = 4096
 HEAD_HIDDEN = 32
@@ -55,8 +56,10 @@ def check_refine(value: str) -> str:
 
 
 def default_refine(supports_per_pass: int) -> str:
-    """The default setting for ``supports_per_pass`` supports."""
-    return "off"
+    """The default setting for ``supports_per_pass`` supports: ``"auto"`` from
+    :data:`MIN_REFINE_SUPPORTS` on (the head needs supports to fit and check on), else
+    ``"off"``."""
+    return "auto" if supports_per_pass >= MIN_REFINE_SUPPORTS else "off"
 
 
 def resolve_refine(value: str | None, supports_per_pass: int) -> str:
@@ -194,7 +197,7 @@ def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
 
     mode = resolve_refine(check_refine(mode), int(images.shape[0]))
     n = int(images.shape[0])
-    if mode == "off" or n < 2:
+    if mode == "off" or n < MIN_REFINE_SUPPORTS:
         return RefineCheck(False)
     chosen = np.sort(np.random.default_rng(seed).permutation(n)[:max(2, max_supports)])
     probs = []

@@ -58,6 +58,11 @@ def cached(reuse: dict | None, key: str | None) -> PreparedSupports | None:
 
 
 def keep(reuse: dict | None, prepared: PreparedSupports) -> None:
-    """Keep ``prepared`` in ``reuse`` (replacing another support set's)."""
+    """Keep ``prepared`` in ``reuse``, replacing another support set's and dropping the
+    choices made on that set (the entries under label values)."""
     if reuse is not None:
+        old = reuse.get(CACHE_KEY)
+        if old is not None and getattr(old, "key", None) != prepared.key:
+            for label in [k for k in reuse if isinstance(k, int)]:
+                del reuse[label]
         reuse[CACHE_KEY] = prepared

@@ -17,6 +17,11 @@ from incontext.calibration import (
 from incontext.inference import SupportSetError, segment
 
 
+def segment_plain(*args, **kwargs):
+    """``segment`` without the pixel head (these tests check what the model alone does)."""
+    return segment(*args, refine="off", **kwargs)
+
+
 def faint_set(n: int = 6, size: int = 32, level: float = 0.3, seed: int = 0):
     """Images whose foreground square has intensity ``level`` (bg 0, one bright bg pixel so
     min-max normalisation keeps ``level``); labels mark the square."""
@@ -90,9 +95,9 @@ def test_calibration_chooses_tiling_and_cut_jointly_from_supports_only():
 
 def test_segment_auto_threshold_recovers_faint_foreground():
     images, labels = faint_set(n=7, level=0.3)
-    fixed = segment(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]),
+    fixed = segment_plain(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]),
                     threshold=0.5)
-    auto = segment(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]))
+    auto = segment_plain(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]))
     assert fixed.thresholds == [0.5] and not fixed.mask[labels[0] == 1].any()
     assert auto.thresholds[0] <= 0.3
     inter = ((auto.mask == 1) & (labels[0] == 1)).sum()
@@ -100,7 +105,8 @@ def test_segment_auto_threshold_recovers_faint_foreground():
     # probabilities are rescaled so that the chosen cut is 0.5
     assert auto.probabilities[0][labels[0] == 1].min() >= 0.5
     with pytest.raises(SupportSetError, match="threshold"):
-        segment(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]), threshold="high")
+        segment_plain(EchoQuery(32), images[0], list(images[1:]), list(labels[1:]),
+                      threshold="high")
 
 
 def test_benchmark_method_auto_threshold():

@@ -76,7 +76,7 @@ def blank_hand_over():
     """A hand-over from a model that finds nothing, its queries, truths and results."""
     s_img, s_lab = bright_squares(8, seed=0)
     q_img, q_lab = bright_squares(3, seed=1)
-    hand = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS)
+    hand = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS, refine="off")
     return hand, q_img, q_lab, hand.segment(q_img)
 
 
@@ -101,7 +101,7 @@ def test_blank_model_hands_over_and_the_unet_segments(blank_hand_over):
 def test_fixed_threshold_keeps_the_unet_cut_at_half(blank_hand_over):
     _, q_img, _, auto = blank_hand_over
     s_img, s_lab = bright_squares(8, seed=0)
-    fixed = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS, threshold=0.2
+    fixed = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS, refine="off", threshold=0.2
                          ).segment(q_img)
     for a, f in zip(auto, fixed, strict=True):
         assert np.array_equal(a.mask, f.mask)  # the same U-Net, the same 0.5 cut
@@ -126,7 +126,8 @@ def test_two_labels_are_compared_separately_and_a_missing_one_stays_with_the_mod
     for img, lab in zip(s_img, s_lab, strict=True):
         lab[:3, :] = 2  # a bright bar along the top: label 2
         img[:3, :] = 1.0
-    hand = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS, labels=[1, 2, 3])
+    hand = UNetHandOver(Blank(32), s_img, s_lab, unet_steps=STEPS, labels=[1, 2, 3],
+                        refine="off")
     with pytest.warns(UserWarning, match="do not occur"):
         result = hand.segment(s_img[0])
     assert [c.label for c in hand.choices] == [1, 2, 3]

@@ -11,6 +11,11 @@ from incontext.models import UniverSeg
 from incontext.preprocessing import resize_mask_soft
 
 
+def segment_plain(*args, **kwargs):
+    """``segment`` without the pixel head (these tests check what the model alone does)."""
+    return segment(*args, refine="off", **kwargs)
+
+
 def _supports(n=6, shape=(40, 50), seed=0):
     rng = np.random.default_rng(seed)
     images = rng.random((n, *shape)).astype(np.float32)
@@ -23,7 +28,7 @@ def test_resize_round_trip_preserves_geometry():
     yy, xx = np.mgrid[0:h, 0:w]
     query = (xx / (w - 1) * 0.6 + yy / (h - 1) * 0.4).astype(np.float32)
     images, labels = _supports(2, (h, w))
-    result = segment(EchoQuery(64), query * 1000 + 5, images, labels)
+    result = segment_plain(EchoQuery(64), query * 1000 + 5, images, labels)
     assert result.mask.shape == (h, w)
     assert result.probabilities.shape == (1, h, w)
     inner = (slice(3, -3), slice(3, -3))
@@ -62,17 +67,17 @@ def test_ensemble_statistics_match_the_members():
     images = rng.random((n, 32, 32)).astype(np.float32)
     is_fg = np.array([1, 0, 1, 1, 0, 0, 1])
     labels = np.stack([np.full((32, 32), v, np.uint8) for v in is_fg])
-    result = segment(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
+    result = segment_plain(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
                      support_size=k, seed=3)
     fractions = np.array([is_fg[s].mean() for s in draw_support_subsets(n, k, members, 3)])
     assert len({tuple(s) for s in draw_support_subsets(n, k, members, 3)}) > 1
     np.testing.assert_allclose(result.probabilities[0], fractions.mean(), atol=2e-3)
     np.testing.assert_allclose(result.uncertainty[0], fractions.std(), atol=2e-3)
     # same seed, same draws; one member has no spread
-    again = segment(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
+    again = segment_plain(MeanSupportLabel(32), images[0], images, labels, ensemble=members,
                     support_size=k, seed=3)
     np.testing.assert_array_equal(again.probabilities, result.probabilities)
-    single = segment(MeanSupportLabel(32), images[0], images, labels)
+    single = segment_plain(MeanSupportLabel(32), images[0], images, labels)
     assert np.all(single.uncertainty == 0)
 
 
@@ -141,15 +146,15 @@ def test_normalised_supports_are_not_stretched_again():
     images[:, :, :16] = 0.2  # an index slice normalised over its volume: range 0.2..0.3
     labels = np.ones((2, 32, 32), np.uint8)
     # flipped copies would mirror the two halves into each other: checked without them
-    raw = segment(MeanSupportImage(32), images[0], images, labels, support_flips="off")
-    kept = segment(MeanSupportImage(32), images[0], images, labels, supports_normalized=True,
+    raw = segment_plain(MeanSupportImage(32), images[0], images, labels, support_flips="off")
+    kept = segment_plain(MeanSupportImage(32), images[0], images, labels, supports_normalized=True,
                    support_flips="off")
     assert raw.probabilities[0, 5, 25] == pytest.approx(1.0, abs=1e-3)  # min-max: 0.2..0.3 -> 0..1
     assert kept.probabilities[0, 5, 25] == pytest.approx(0.3, abs=1e-3)
     bad = images.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(SupportSetError, match="NaN"):
-        segment(MeanSupportImage(32), images[0], bad, labels, supports_normalized=True)
+        segment_plain(MeanSupportImage(32), images[0], bad, labels, supports_normalized=True)
 
 
 class BatchRecorder(torch.nn.Module):
@@ -171,13 +176,13 @@ def test_default_batch_is_one_query_on_the_cpu_and_an_explicit_one_is_kept():
     queries = np.random.default_rng(2).random((5, 40, 50)).astype(np.float32)
     model = BatchRecorder()
     fixed = dict(threshold=0.5, colour="luma", support_flips="off")  # no support checks
-    segment(model, queries, images, labels, **fixed)
+    segment_plain(model, queries, images, labels, **fixed)
     assert model.batches == [1] * 5
     model.batches.clear()
-    segment(model, queries, images, labels, batch_size=4, **fixed)
+    segment_plain(model, queries, images, labels, batch_size=4, **fixed)
     assert model.batches == [4, 1]
     with pytest.raises(SupportSetError, match="batch_size"):
-        segment(model, queries, images, labels, batch_size=0)
+        segment_plain(model, queries, images, labels, batch_size=0)
 
 
 def _disc_task(n, seed=0, inverted=False):
@@ -196,23 +201,24 @@ def _disc_task(n, seed=0, inverted=False):
 
 def test_support_dice_estimates_how_well_the_task_is_segmented():
     images, labels = _disc_task(7)
-    good = segment(EchoQuery(32), images[:2], images, labels)
+    good = segment_plain(EchoQuery(32), images[:2], images, labels)
     assert good[0].support_dice[0] > 0.9  # below 1 only at the resized discs' edges
     assert good[0].support_checks == [7]  # every support with foreground, up to 8
     images, labels = _disc_task(7, inverted=True)
-    bad = segment(EchoQuery(32), images[:2], images, labels)
+    bad = segment_plain(EchoQuery(32), images[:2], images, labels)
     assert bad[0].support_dice[0] < 0.1
     assert bad[0].support_checks == [7]
 
 
 def test_support_dice_is_none_when_nothing_was_chosen_on_the_supports():
     images, labels = _disc_task(7)
-    fixed = segment(EchoQuery(32), images[0], images, labels, threshold=0.5, tiles=1,
+    fixed = segment_plain(EchoQuery(32), images[0], images, labels, threshold=0.5, tiles=1,
                     colour="luma")
     assert fixed.support_dice == [None] and fixed.support_checks == [0]
-    few = segment(EchoQuery(32), images[0], images[:2], labels[:2])  # < 3 to judge a cut
+    few = segment_plain(EchoQuery(32), images[0], images[:2], labels[:2])  # < 3 to judge a cut
     assert few.support_dice == [None] and few.support_checks == [0]
-    tiles_only = segment(EchoQuery(16), images[0], images, labels, threshold=0.5, tiles="auto")
+    tiles_only = segment_plain(EchoQuery(16), images[0], images, labels, threshold=0.5,
+                               tiles="auto")
     assert tiles_only.support_dice[0] > 0.9
     assert tiles_only.support_checks == [4]  # choosing a tiling checks up to 4 supports
 

@@ -115,7 +115,8 @@ def test_bad_setting_is_refused_and_default_resolves():
     with pytest.raises(ValueError, match="refine must be one of off, on, auto"):
         check_refine("yes")
     assert resolve_refine("on", 16) == "on"
-    assert resolve_refine(None, 16) in ("off", "auto")
+    assert [resolve_refine(None, n) for n in (1, 2, 16, 64)] == ["off", "auto", "auto", "auto"]
+    assert resolve_refine("default", 1) == "off" and resolve_refine("off", 16) == "off"
     image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
     label = np.zeros((16, 16), np.uint8)
     label[2:8, 2:8] = 1

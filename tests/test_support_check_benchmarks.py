@@ -33,8 +33,13 @@ def test_support_dice_rows_pair_the_estimate_with_the_query_dice():
     good = sd.run_task(EchoQuery(32), _task(), support_size=6, repeats=2)
     assert len(good) == 2 and all(r["checks"] == 6 for r in good)
     assert all(r["estimate"] > 0.9 and r["query"] > 0.9 for r in good)
-    bad = sd.run_task(EchoQuery(32), _task(inverted=True), support_size=6, repeats=2)
+    bad = sd.run_task(EchoQuery(32), _task(inverted=True), support_size=6, repeats=2,
+                      refine="off")
     assert all(r["estimate"] < 0.1 and r["query"] < 0.1 for r in bad)
+    assert not any(r["refined"] for r in bad)
+    # by default the pixel head learns the inversion, and its estimate says so
+    fixed = sd.run_task(EchoQuery(32), _task(inverted=True), support_size=6, repeats=2)
+    assert all(r["refined"] and r["estimate"] > 0.8 and r["query"] > 0.8 for r in fixed)
 
 
 def test_gate_hands_a_task_to_the_threshold_when_it_segments_the_supports_better():

@@ -24,6 +24,11 @@ from incontext.support_flips import (
 )
 
 
+def segment_plain(*args, **kwargs):
+    """``segment`` without the pixel head (these tests check what the model alone does)."""
+    return segment(*args, refine="off", **kwargs)
+
+
 def _mean_label(q, si, sl):
     """A stand-in model: every query gets the mean support label."""
     return sl.mean(dim=0, keepdim=True).expand(q.shape[0], -1, -1)
@@ -118,17 +123,19 @@ def test_segment_adds_copies_only_where_asked_and_reports_it():
     model = MeanSupportLabel(16)
     images, labels = _corner_task("aaaa")  # always top-left: the side matters
     query = images[0]
-    off = segment(model, query, images, labels, threshold=0.5)
-    auto = segment(model, query, images, labels, threshold=0.5, support_flips="auto")
-    on = segment(model, query, images, labels, threshold=0.5, support_flips="on")
+    off = segment_plain(model, query, images, labels, threshold=0.5)
+    auto = segment_plain(model, query, images, labels, threshold=0.5, support_flips="auto")
+    on = segment_plain(model, query, images, labels, threshold=0.5, support_flips="on")
     assert off.flips == [False] and auto.flips == [False] and on.flips == [True]
     np.testing.assert_array_equal(auto.mask, off.mask)
     assert off.mask[:8, :8].all() and not off.mask[8:].any()
     # with the mirrors the mean label is 0.25 everywhere: nothing passes the 0.5 cut
     assert not on.mask.any()
     reuse: dict = {}
-    first = segment(model, query, images, labels, threshold=0.5, support_flips="on", reuse=reuse)
-    again = segment(model, query, images, labels, threshold=0.5, support_flips="on", reuse=reuse)
+    first = segment_plain(model, query, images, labels, threshold=0.5, support_flips="on",
+                          reuse=reuse)
+    again = segment_plain(model, query, images, labels, threshold=0.5, support_flips="on",
+                          reuse=reuse)
     assert first.flips == again.flips == [True]
 
 
@@ -139,23 +146,23 @@ def test_default_checks_the_copies_only_with_one_to_four_supports():
     # each support a different quadrant: from the other three, only the mirrors reach the
     # held-out support's quadrant, so the check takes them (at a 0.2 cut)
     images, labels = _corner_task("abcd")
-    few = segment(model, images[0], images, labels, threshold=0.2)
+    few = segment_plain(model, images[0], images, labels, threshold=0.2)
     assert few.flips == [True]
     assert few.mask.all()  # every quadrant is covered by a quarter of the entries
     # the estimate is that of the copies: each held-out quadrant within the whole image
     assert few.support_checks == [4]
     assert few.support_dice[0] == pytest.approx(2 * 64 / (256 + 64))
     images, labels = _corner_task("abcdabcd")  # 8 supports: unchecked, as given
-    many = segment(model, images[0], images, labels, threshold=0.2)
+    many = segment_plain(model, images[0], images, labels, threshold=0.2)
     assert many.flips == [False]
-    fixed = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
+    fixed = segment_plain(model, images[0], images[:4], labels[:4], threshold=0.2,
                     support_flips="off")
     assert fixed.flips == [False]
-    named = segment(model, images[0], images[:4], labels[:4], threshold=0.2,
+    named = segment_plain(model, images[0], images[:4], labels[:4], threshold=0.2,
                     support_flips="default")
     assert named.flips == [True]
     # with --nearest the copies would compete with the supports for the K places: off
-    near = segment(model, images[0], images[:4], labels[:4], threshold=0.2, nearest=4)
+    near = segment_plain(model, images[0], images[:4], labels[:4], threshold=0.2, nearest=4)
     assert near.flips == [False]
 
 

@@ -8,12 +8,18 @@ import torch
 from fake_models import MeanSupportLabel
 
 from incontext.benchmark.methods import ModelMethod, load_model_method
+from incontext.inference import segment
 from incontext.support_selection import (
     check_nearest,
     image_features,
     nearest_supports,
     run_with_nearest,
 )
+
+
+def segment_plain(*args, **kwargs):
+    """``segment`` without the pixel head (these tests check what the model alone does)."""
+    return segment(*args, refine="off", **kwargs)
 
 
 def _halves(n_left: int, n_right: int, size: int = 32, seed: int = 0):
@@ -92,18 +98,18 @@ def test_model_method_with_nearest_uses_the_similar_supports():
 
 
 def test_segment_with_nearest_uses_the_similar_supports():
-    from incontext import segment
     from incontext.inference import SupportSetError
 
     si, sl = _halves(4, 4)
     query = si[6] + 0.01  # a right-half image
     kwargs = {"threshold": 0.5, "supports_normalized": True, "colour": "luma"}
-    plain = segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), **kwargs)
-    near = segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=4, **kwargs)
+    plain = segment_plain(MeanSupportLabel(32), query, si, sl.astype(np.uint8), **kwargs)
+    near = segment_plain(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=4,
+                         **kwargs)
     assert np.allclose(plain.probabilities[0], 0.5, atol=1e-3)
     np.testing.assert_array_equal(near.mask, sl[6].astype(near.mask.dtype))
     with pytest.raises(SupportSetError, match="nearest"):
-        segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=0)
+        segment_plain(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=0)
 
 
 def test_segment_nearest_chooses_among_all_supports(monkeypatch):
@@ -112,7 +118,8 @@ def test_segment_nearest_chooses_among_all_supports(monkeypatch):
     monkeypatch.setattr(inference, "DEFAULT_SUPPORT_SIZE", 4)  # subsets of 4 without nearest
     si, sl = _halves(4, 4)
     query = si[1] + 0.01  # a left-half image
-    kwargs = {"threshold": 0.5, "supports_normalized": True, "colour": "luma", "seed": 3}
+    kwargs = {"threshold": 0.5, "supports_normalized": True, "colour": "luma", "seed": 3,
+              "refine": "off"}
     near = inference.segment(MeanSupportLabel(32), query, si, sl.astype(np.uint8), nearest=4,
                              **kwargs)
     np.testing.assert_array_equal(near.mask, sl[1].astype(near.mask.dtype))
