@@ -120,7 +120,15 @@ class PixelHead:
 def fit_pixel_head(features: np.ndarray, targets: np.ndarray, seed: int = 0,
                    steps: int = HEAD_STEPS) -> PixelHead:
     """Fit a :class:`PixelHead` on (P, F) ``features`` and (P,) binary ``targets`` (binary
-    cross-entropy, Adam, ``steps`` batches of sampled pixels; deterministic for a seed)."""
+    cross-entropy, Adam, ``steps`` batches of sampled pixels; deterministic for a seed).
+    Works inside ``torch.inference_mode()`` and ``torch.no_grad()`` too."""
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(features, targets, seed, steps)
+
+
+def _fit(features: np.ndarray, targets: np.ndarray, seed: int, steps: int) -> PixelHead:
     import torch
 
     mean = features.mean(axis=0)
@@ -143,14 +151,13 @@ def fit_pixel_head(features: np.ndarray, targets: np.ndarray, seed: int = 0,
                                  - bound)
     net = torch.nn.Sequential(*layers)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
-    with torch.enable_grad():
-        for _ in range(steps):
-            batch = torch.randint(0, x.shape[0], (HEAD_BATCH,), generator=generator)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x[batch])[:, 0],
-                                                                        y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+    for _ in range(steps):
+        batch = torch.randint(0, x.shape[0], (HEAD_BATCH,), generator=generator)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x[batch])[:, 0],
+                                                                    y[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
     return PixelHead(mean.astype(np.float32), std.astype(np.float32), net.eval())
 
 

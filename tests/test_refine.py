@@ -65,6 +65,10 @@ def test_head_learns_a_pixel_rule_and_is_deterministic():
     assert float(np.mean(dice(out >= 0.5, test_labels >= 0.5))) > 0.8
     np.testing.assert_array_equal(
         out, refine_probabilities(again, test_images, np.full_like(test_images, 0.5)))
+    with torch.inference_mode():  # callers may run everything under inference mode
+        inside = fit_pixel_head(feats, labels.reshape(-1), seed=3)
+    np.testing.assert_array_equal(
+        out, refine_probabilities(inside, test_images, np.full_like(test_images, 0.5)))
 
 
 def test_auto_uses_the_head_where_it_beats_the_model_on_the_supports():
