@@ -27,7 +27,6 @@ Prints a table (Dice x 100 per task) and writes results/method_gate.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_task_options, dataset_table, pool_tasks, write_json  # noqa: E402
+from pool_tasks import (  # noqa: E402
+    load_eval_model,
+    model_task_parser,
+    pool_tasks,
+    write_task_table,
+)
 
 MARGINS = (0.0, 0.03, 0.05, 0.1)
 
@@ -92,18 +96,13 @@ def gate(row: dict, names: tuple[str, ...], margin: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_task_options(parser, RESULTS / "method_gate.json")
-    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    parser = model_task_parser(__doc__, RESULTS / "method_gate.json")
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
-    import incontext
-
-    model = incontext.load_model(args.model) if args.model else incontext.load_model()
-    model.eval()
+    model = load_eval_model(args.model)
     variants = {"model": ((), 0.0)}
     for m in MARGINS:
         variants[f"gate-thr@{m:g}"] = (("threshold",), m)
@@ -126,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     if not results:
         parser.error("no task matched --tasks")
-    by_dataset, mean = dataset_table(results)
-    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
-                           "queries_per_task": args.queries_per_task,
-                           "query_split": args.query_split, "model": args.model or "default",
-                           "mean": mean, "datasets": by_dataset, "tasks": results})
+    write_task_table(args, results)
     return 0
 
 

@@ -25,6 +25,23 @@ def add_task_options(parser: argparse.ArgumentParser, json_default: Path) -> Non
     parser.add_argument("--json", default=str(json_default))
 
 
+def model_task_parser(doc: str, json_default: Path) -> argparse.ArgumentParser:
+    """A parser with :func:`add_task_options` and --model, described by ``doc``'s first
+    paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_task_options(parser, json_default)
+    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    return parser
+
+
+def load_eval_model(name: str | None):
+    """The model named ``name`` (None: the default), in eval mode."""
+    import incontext
+
+    model = incontext.load_model(name) if name else incontext.load_model()
+    return model.eval()
+
+
 def pool_tasks(args: argparse.Namespace) -> Iterator[tuple[str, object]]:
     """(name, :class:`incontext.benchmark.protocol.TaskData`) for every matching task of
     every ``--index``; a task without slices in ``--query-split`` is skipped, with a line."""
@@ -103,6 +120,16 @@ def volume_draw(pairs: list[tuple[Path, Path]], draw: int, supports: int, querie
     labels = [np.rint(load_image(q, as_label=True).data).astype(np.int64) for _, q in sup]
     axis = choose_axis(labels, [load_image(p).nifti.spacing for p, _ in sup])
     return images, labels, axis, sup, [pairs[i] for i in order[supports:supports + queries]]
+
+
+def write_task_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    """Print :func:`dataset_table` of ``results`` and write them, the table and the run's
+    options to ``args.json`` (for the scripts built on :func:`model_task_parser`)."""
+    by_dataset, mean = dataset_table(results)
+    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
+                           "queries_per_task": args.queries_per_task,
+                           "query_split": args.query_split, "model": args.model or "default",
+                           "mean": mean, "datasets": by_dataset, "tasks": results})
 
 
 def dataset_table(results: dict[str, dict]) -> tuple[dict, dict]:

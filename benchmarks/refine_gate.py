@@ -27,7 +27,6 @@ task and draw pair at N = 16 on 1 thread.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_task_options, dataset_table, pool_tasks, write_json  # noqa: E402
+from pool_tasks import (  # noqa: E402
+    load_eval_model,
+    model_task_parser,
+    pool_tasks,
+    write_task_table,
+)
 
 MARGINS = (-0.05, 0.0, 0.03)
 
@@ -106,18 +110,13 @@ def variants(row: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_task_options(parser, RESULTS / "refine_gate.json")
-    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    parser = model_task_parser(__doc__, RESULTS / "refine_gate.json")
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
-    import incontext
-
-    model = incontext.load_model(args.model) if args.model else incontext.load_model()
-    model.eval()
+    model = load_eval_model(args.model)
     results: dict[str, dict] = {}
     for name, task in pool_tasks(args):
         start = time.perf_counter()
@@ -131,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     if not results:
         parser.error("no task matched --tasks")
-    by_dataset, mean = dataset_table(results)
-    write_json(args.json, {"support_size": args.support_size, "repeats": args.repeats,
-                           "queries_per_task": args.queries_per_task,
-                           "query_split": args.query_split, "model": args.model or "default",
-                           "mean": mean, "datasets": by_dataset, "tasks": results})
+    write_task_table(args, results)
     return 0
 
 

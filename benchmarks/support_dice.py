@@ -21,7 +21,6 @@ error (estimate − query Dice) over all rows; writes results/support_dice.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_tasks import add_task_options, as_images, pool_tasks, write_json  # noqa: E402
+from pool_tasks import (  # noqa: E402
+    as_images,
+    load_eval_model,
+    model_task_parser,
+    pool_tasks,
+    write_json,
+)
 
 
 def run_task(model, task, support_size: int, repeats: int,
@@ -62,9 +67,7 @@ def run_task(model, task, support_size: int, repeats: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_task_options(parser, RESULTS / "support_dice.json")
-    parser.add_argument("--model", default=None, help="registry name or weights (default model)")
+    parser = model_task_parser(__doc__, RESULTS / "support_dice.json")
     parser.add_argument("--support-flips", default=None, choices=("off", "on", "auto"),
                         help="segment's support_flips (default: its default, auto with 2 "
                              "to 4 supports)")
@@ -76,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    import incontext
-
-    model = incontext.load_model(args.model) if args.model else incontext.load_model()
+    model = load_eval_model(args.model)
     results: dict[str, dict] = {}
     for name, task in pool_tasks(args):
         start = time.perf_counter()
