@@ -5,16 +5,20 @@ structures (vessels, membranes) and unfamiliar textures its probability map is b
 misplaced, while a network trained on the same supports does far better. Much of that
 gap is recoverable cheaply: each support is segmented from the others (leave-one-out, as
 for the cut), and a tiny per-pixel classifier (:class:`PixelHead`, two hidden layers of
-32 units, about 2,000 weights) learns to map the model's probability, smoothed at a few
+32 units, about 1,600 weights; 1,800 with colour) learns to map the model's probability, smoothed at a few
 scales, and classic local filters of the image (Gaussian smoothing, gradient magnitude and
 Hessian eigenvalues at 1–4 px; R, G, B where the images have colour) to the support's label.
 The queries' probabilities then go through the same head. The model's weights are not
 changed; fitting takes about a second per label on a CPU.
 
 ``"auto"`` decides per label on the supports: the head is fitted on one half of them and
-scored on the other, both ways (2-fold cross-validation), and used when that Dice beats
-the model's leave-one-out Dice on the same supports at its chosen cut. No query label is
-used. :data:`REFINE_CHOICES` are ``segment``'s and the benchmark's settings.
+scored on the other, both ways (2-fold cross-validation), at the best cut on those
+predictions, and used when that Dice beats the model's leave-one-out Dice on the same
+supports at the model's cut. No query label is used. Chosen on the training pool's val
+split (benchmarks/refine_gate.py); ``segment``'s default from 2 supports, where it raised
+the pool's mean Dice by 0.8 to 3.5 (val and test, N = 2 to 16) and the held-out mean at
+N = 16 from 51.7 to 62.7 (docs/segment.md, MODEL_CARD.md). :data:`REFINE_CHOICES` are
+``segment``'s and the benchmark's settings.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
     import torch
 
 __all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
-           "RefineCheck", "check_refine", "choose_refine", "default_refine", "describe_check",
-           "fit_pixel_head", "pixel_features", "refine_probabilities", "resolve_refine"]
+           "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head", "pixel_features", "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
@@ -247,10 +250,3 @@ def refine_probabilities(head: PixelHead, images: np.ndarray, probs: np.ndarray,
         feats = pixel_features(images[i], probs[i], None if colour is None else colour[i])
         out[i] = head.predict(feats).reshape(probs.shape[1:])
     return out
-
-
-def describe_check(check: RefineCheck) -> dict[str, float | int | bool | None]:
-    """The check as JSON-able values (for reports)."""
-    return {"use": check.use, "model_dice": check.model, "head_dice": check.fitted,
-            "supports": check.supports}
-
