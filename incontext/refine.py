@@ -5,9 +5,10 @@ structures (vessels, membranes) and unfamiliar textures its probability map is b
 misplaced, while a network trained on the same supports does far better. Much of that
 gap is recoverable cheaply: each support is segmented from the others (leave-one-out, as
 for the cut), and a tiny per-pixel classifier (:class:`PixelHead`, two hidden layers of
-32 units, about 1,600 weights; 1,800 with colour) learns to map the model's probability, smoothed at a few
-scales, and classic local filters of the image (Gaussian smoothing, gradient magnitude and
-Hessian eigenvalues at 1–4 px; R, G, B where the images have colour) to the support's label.
+32 units, about 1,600 weights; 1,800 with colour) learns to map the model's probability,
+smoothed at a few scales, and classic local filters of the image (Gaussian smoothing,
+gradient magnitude and Hessian eigenvalues at 1–4 px; R, G, B where the images have
+colour) to the support's label.
 The queries' probabilities then go through the same head. The model's weights are not
 changed; fitting takes about a second per label on a CPU.
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
     import torch
 
 __all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
-           "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head", "pixel_features", "refine_probabilities", "resolve_refine"]
+           "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head",
+           "pixel_features", "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
