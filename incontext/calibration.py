@@ -119,3 +119,11 @@ def rescale_to_threshold(prob: torch.Tensor, threshold: float) -> torch.Tensor:
     low = prob * (0.5 / threshold)
     high = 0.5 + (prob - threshold) * (0.5 / (1.0 - threshold))
     return torch.where(prob < threshold, low, high).clamp(0.0, 1.0)
+
+
+def rescale_from_half(prob: torch.Tensor, cut: float) -> torch.Tensor:
+    """The inverse of :func:`rescale_to_threshold`: sends 0.5 to ``cut``, so that
+    ``rescaled >= cut`` is ``prob >= 0.5``."""
+    if not 0.0 < cut < 1.0:
+        raise ValueError(f"cut must be in (0, 1), got {cut}")
+    return torch.where(prob < 0.5, prob * (2 * cut), cut + (prob - 0.5) * (2 * (1 - cut)))

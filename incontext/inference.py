@@ -19,6 +19,7 @@ from torch import nn
 from incontext.calibration import (
     THRESHOLD_GRID,
     Calibration,
+    rescale_from_half,
     rescale_to_threshold,
     support_calibration,
 )
@@ -554,8 +555,7 @@ def segment(
                         head, q_use[g_lab].numpy(), prob.clamp(0, 1).numpy(),
                         None if rgb_lab is None else rgb_q[g_lab]))
                     if not auto_threshold:  # the head's 0.5 moved to the fixed cut
-                        prob = torch.where(prob < 0.5, prob * (2 * base_cut),
-                                           base_cut + (prob - 0.5) * (2 * (1 - base_cut)))
+                        prob = rescale_from_half(prob, base_cut)
                 if auto_threshold:
                     prob = rescale_to_threshold(prob.clamp(0, 1), t_lab)
                 member_probs[m, li] = resize_stack(prob, size)

@@ -133,3 +133,15 @@ def test_cli_threshold_values():
     for bad in ("1.5", "0", "high"):
         with pytest.raises(argparse.ArgumentTypeError):
             threshold_value(bad)
+
+
+def test_rescale_from_half_inverts_rescale_to_threshold():
+    from incontext.calibration import rescale_from_half, rescale_to_threshold
+
+    prob = torch.linspace(0, 1, 101)
+    for cut in (0.2, 0.5, 0.7):
+        back = rescale_from_half(rescale_to_threshold(prob, cut), cut)
+        torch.testing.assert_close(back, prob, atol=1e-6, rtol=0)
+        assert bool(((rescale_from_half(prob, cut) >= cut) == (prob >= 0.5)).all())
+    with pytest.raises(ValueError, match="cut"):
+        rescale_from_half(prob, 1.0)
