@@ -132,6 +132,32 @@ def write_task_table(args: argparse.Namespace, results: dict[str, dict]) -> None
                            "mean": mean, "datasets": by_dataset, "tasks": results})
 
 
+def run_scored_tasks(args: argparse.Namespace, parser: argparse.ArgumentParser, run_task,
+                     score_row, shown) -> None:
+    """For each task of :func:`pool_tasks`: ``run_task(task)`` (under inference mode) gives
+    one row per draw, ``score_row(row)`` its {variant: Dice} (0..1); prints each task's
+    mean of the variants for which ``shown(variant)`` holds, then :func:`write_task_table`."""
+    import time
+
+    import numpy as np
+    import torch
+
+    results: dict[str, dict] = {}
+    for name, task in pool_tasks(args):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            rows = run_task(task)
+        scored = [score_row(r) for r in rows]
+        scores = {k: float(np.mean([s[k] for s in scored])) for k in scored[0]}
+        results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
+        print(f"{name:45s} " + " ".join(f"{k}={100 * v:5.1f}" for k, v in scores.items()
+                                        if shown(k))
+              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if not results:
+        parser.error("no task matched --tasks")
+    write_task_table(args, results)
+
+
 def dataset_table(results: dict[str, dict]) -> tuple[dict, dict]:
     """Per-dataset and overall means (x 100) of each task's ``scores``; prints them as a
     Markdown table. ``results``: task -> {"dataset": ..., "scores": {variant: 0..1}}."""

@@ -28,7 +28,6 @@ task and draw pair at N = 16 on 1 thread.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool_tasks import (  # noqa: E402
     load_eval_model,
     model_task_parser,
-    pool_tasks,
-    write_task_table,
+    run_scored_tasks,
 )
 
 MARGINS = (-0.05, 0.0, 0.03)
@@ -112,25 +110,10 @@ def variants(row: dict) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = model_task_parser(__doc__, RESULTS / "refine_gate.json")
     args = parser.parse_args(argv)
-
-    import numpy as np
-    import torch
-
     model = load_eval_model(args.model)
-    results: dict[str, dict] = {}
-    for name, task in pool_tasks(args):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            rows = run_task(model, task, args.support_size, args.repeats)
-        scored = [variants(r) for r in rows]
-        scores = {k: float(np.mean([s[k] for s in scored])) for k in scored[0]}
-        results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
-        print(f"{name:45s} " + " ".join(f"{k}={100 * v:5.1f}" for k, v in scores.items()
-                                        if k in ("model", "always", "gcut@0"))
-              + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
-    if not results:
-        parser.error("no task matched --tasks")
-    write_task_table(args, results)
+    run_scored_tasks(args, parser, lambda task: run_task(model, task, args.support_size,
+                                                         args.repeats),
+                     variants, lambda k: k in ("model", "always", "gcut@0"))
     return 0
 
 

@@ -1,0 +1,219 @@
+"""Experiment: variants of the pixel head (``segment --refine``) and a post-processing choice.
+
+For each task and draw (supports from the train split, queries from ``--query-split``) the
+model (grey luma, whole image, cut chosen on the supports as ``support_calibration`` does)
+segments every support from the others and the queries from all the supports, as in
+``refine_gate.py``. Each head variant is fitted on the supports' leave-one-out
+probabilities, 2-fold cross-validated on them (the cut: the best of the grid on those
+predictions) and refitted on all of them:
+
+* ``base``: the shipped head (:mod:`incontext.refine`);
+* ``scales``: plus coarser filters (grey smoothed at 8 px, Hessian eigenvalues at 6 px,
+  R, G, B smoothed at 6 px, the logit smoothed at 6 and 12 px), for large structures;
+* ``wide``: 64 hidden units per layer and 600 steps instead of 32 and 300;
+* ``deep``: plus the model's last-layer query features (the 32 channels before its 1x1
+  output convolution), captured with a forward hook.
+
+Each is scored ``<variant>`` (the head where its 2-fold Dice beats the model's
+leave-one-out Dice, as ``--refine auto``) and ``<variant>-always`` (the head everywhere).
+``base+post`` then applies to ``base``'s masks the post-processing (none, largest
+component, fill holes, both; ``segment --largest-component / --fill-holes``) that best
+segments the supports' cross-validated masks. No query label is used by any choice.
+
+Run it on training-pool indexes only, on the val split (choices are tuned there):
+
+    I=""; for d in jsrt busi ph2 hc18 drions_od monuseg isbi_em left_atrium_3d drions_vessels; do
+        I="$I --index /work/indexes/train-colour/$d.h5"; done
+    OMP_NUM_THREADS=1 python benchmarks/refine_variants.py $I --query-split val
+
+Prints a table (Dice x 100 per dataset) and writes results/refine_variants.json. About
+65 s per task at N = 16 with 2 draws on 1 thread.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(ROOT))  # run as a script: import the checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import (  # noqa: E402
+    load_eval_model,
+    model_task_parser,
+    run_scored_tasks,
+)
+
+VARIANTS = {"base": {}, "scales": {"scales": True}, "wide": {"hidden": 64, "steps": 600},
+            "deep": {"deep": True}}
+POST = ("none", "largest", "fill", "largest+fill")
+
+
+def coarse_features(image, prob, colour):
+    """The ``scales`` variant's extra per-pixel features of one image -> (H·W, F)."""
+    import numpy as np
+    from scipy import ndimage
+
+    image = np.asarray(image, np.float32)
+    maps = [ndimage.gaussian_filter(image, 8.0)]
+    s = 6.0
+    hxx = ndimage.gaussian_filter(image, s, order=(2, 0))
+    hyy = ndimage.gaussian_filter(image, s, order=(0, 2))
+    hxy = ndimage.gaussian_filter(image, s, order=(1, 1))
+    half, root = (hxx + hyy) / 2, np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
+    maps += [(half + root) * s * s, (half - root) * s * s]
+    if colour is not None:
+        maps += [ndimage.gaussian_filter(np.asarray(c, np.float32), 6.0) for c in colour]
+    p = np.clip(np.asarray(prob, np.float32), 1e-4, 1 - 1e-4)
+    logit = np.log(p / (1 - p))
+    maps += [ndimage.gaussian_filter(logit, 6.0), ndimage.gaussian_filter(logit, 12.0)]
+    return np.stack([m.ravel() for m in maps], 1).astype(np.float32)
+
+
+def image_features(images, probs, colour, deep, variant: dict) -> list:
+    """Per image (P, F) features of ``variant`` (``deep``: (K, P, 32) last-layer features)."""
+    import numpy as np
+
+    from incontext.refine import pixel_features
+
+    out = []
+    for i in range(images.shape[0]):
+        c = None if colour is None else colour[i]
+        parts = [pixel_features(images[i], probs[i], c)]
+        if variant.get("scales"):
+            parts.append(coarse_features(images[i], probs[i], c))
+        if variant.get("deep"):
+            parts.append(deep[i])
+        out.append(np.concatenate(parts, 1))
+    return out
+
+
+def post_process(mask, name: str):
+    """``mask`` (H, W) bool after one of :data:`POST`."""
+    import numpy as np
+
+    from incontext.postprocess import postprocess
+
+    if name == "none":
+        return mask
+    return postprocess(mask.astype(np.uint8), largest_component="largest" in name,
+                       fill="fill" in name) > 0
+
+
+def mean_dice(masks, truths) -> float:
+    import numpy as np
+
+    from incontext.metrics import dice
+
+    return float(np.mean([dice(m, t) for m, t in zip(masks, truths, strict=True)]))
+
+
+def fit_head(feats, targets, seed: int, variant: dict):
+    """:func:`incontext.refine.fit_pixel_head` with the variant's width and steps."""
+    import incontext.refine as refine
+
+    width = refine.HEAD_HIDDEN
+    refine.HEAD_HIDDEN = variant.get("hidden", width)
+    try:
+        return refine.fit_pixel_head(feats, targets, seed, steps=variant.get("steps", 300))
+    finally:
+        refine.HEAD_HIDDEN = width
+
+
+def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
+    """One row per draw: query Dice of the model, of each variant gated and always on, and
+    of ``base`` with each post-processing, with the supports' cross-validated Dice."""
+    import numpy as np
+    import torch
+
+    from incontext.benchmark.protocol import support_draws
+    from incontext.calibration import THRESHOLD_GRID, support_calibration
+    from incontext.inference import predict_probabilities
+
+    captured: list[np.ndarray] = []  # last-layer query features, one (B·H·W, C) per batch
+
+    def keep(module, inputs, output):
+        x = inputs[0].detach().float()
+        captured.append(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).numpy())
+
+    def run(q, si, sl):
+        return predict_probabilities(model, q, si, sl).clamp(0, 1)
+
+    hook = model.out_conv.register_forward_hook(keep)
+    try:
+        rows = []
+        truth_q = task.query_labels >= 0.5
+        for draw in support_draws(task.name, task.pool_size, support_size, repeats):
+            si = torch.from_numpy(task.pool_images[draw.indices])
+            sl = torch.from_numpy(task.pool_labels[draw.indices])
+            n, shape = si.shape[0], tuple(si.shape[1:])
+            cal = support_calibration(lambda g, a, b, c: run(a, b, c), si, sl, (1,),
+                                      THRESHOLD_GRID, seed=draw.seed)
+            captured.clear()
+            prob_q = run(torch.from_numpy(task.query_images), si, sl).numpy()
+            deep_q = np.concatenate(captured).reshape(len(prob_q), -1, captured[0].shape[1])
+            captured.clear()
+            rest = [[j for j in range(n) if j != i] for i in range(n)]
+            loo = torch.stack([run(si[i:i + 1], si[rest[i]], sl[rest[i]])[0]
+                               for i in range(n)]).numpy()
+            deep_s = np.concatenate(captured).reshape(n, -1, captured[0].shape[1])
+            colour = None if task.pool_colour is None else task.pool_colour[draw.indices]
+            truth = sl.numpy() >= 0.5
+            model_loo = mean_dice(loo >= cal.threshold, truth)
+            model_q = mean_dice(prob_q >= cal.threshold, truth_q)
+            fold = np.arange(n) % 2
+            row = {"draw": draw.repeat, "model": model_q, "model_loo": model_loo}
+            for name, variant in VARIANTS.items():
+                fs = image_features(si.numpy(), loo, colour, deep_s, variant)
+                fq = image_features(task.query_images, prob_q, task.query_colour, deep_q,
+                                    variant)
+                targets = truth.reshape(n, -1).astype(np.float32)
+                held = np.zeros(truth.shape, np.float32)
+                for f in (0, 1):
+                    train = np.flatnonzero(fold != f)
+                    head = fit_head(np.concatenate([fs[i] for i in train]),
+                                    targets[train].reshape(-1), draw.seed, variant)
+                    for i in np.flatnonzero(fold == f):
+                        held[i] = head.predict(fs[i]).reshape(shape)
+                cv = {t: mean_dice(held >= t, truth) for t in THRESHOLD_GRID}
+                cut = max(cv, key=lambda t: (round(cv[t], 6), -abs(t - 0.5)))
+                head = fit_head(np.concatenate(fs), targets.reshape(-1), draw.seed, variant)
+                masks_q = np.stack([head.predict(f).reshape(shape) for f in fq]) >= cut
+                use = cv[cut] > model_loo
+                row[f"{name}-always"] = mean_dice(masks_q, truth_q)
+                row[name] = row[f"{name}-always"] if use else model_q
+                if name == "base":  # post-processing chosen on the supports' masks
+                    masks_s = held >= cut if use else loo >= cal.threshold
+                    masks_q = masks_q if use else prob_q >= cal.threshold
+                    row["post_supports"] = {p: mean_dice([post_process(m, p) for m in masks_s],
+                                                         truth) for p in POST}
+                    row["post_queries"] = {p: mean_dice([post_process(m, p) for m in masks_q],
+                                                        truth_q) for p in POST}
+            rows.append(row)
+        return rows
+    finally:
+        hook.remove()
+
+
+def scores_of(row: dict) -> dict[str, float]:
+    """Every scored variant of one row (see the module docstring)."""
+    out = {k: v for k, v in row.items() if isinstance(v, float) and k != "model_loo"}
+    sup = row["post_supports"]
+    best = max(POST, key=lambda p: (round(sup[p], 6), p == "none"))
+    out["base+post"] = row["post_queries"][best if sup[best] > sup["none"] else "none"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = model_task_parser(__doc__, RESULTS / "refine_variants.json")
+    args = parser.parse_args(argv)
+    model = load_eval_model(args.model)
+    run_scored_tasks(args, parser, lambda task: run_task(model, task, args.support_size,
+                                                         args.repeats),
+                     scores_of, lambda k: not k.endswith("-always"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
