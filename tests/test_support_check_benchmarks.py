@@ -194,3 +194,25 @@ def test_dataset_table_averages_tasks_then_datasets(capsys):
     assert by_dataset["a"]["m"] == pytest.approx(30.0) and by_dataset["b"]["g"] == pytest.approx(60)
     assert mean == pytest.approx({"m": 60.0, "g": 50.0})  # datasets weigh equally
     assert "| m | 30.0 | 90.0 | 60.00 |" in capsys.readouterr().out
+
+
+def test_refine_variants_score_every_head_and_choose_post_processing_on_the_supports():
+    import torch
+
+    from incontext.models.universeg import UniverSeg
+
+    rv = load_script("refine_variants")
+    torch.manual_seed(0)  # a tiny untrained network: its output is noise, the image is not
+    model = UniverSeg(encoder_widths=(4, 4), decoder_widths=(4,), resolution=32).eval()
+    with torch.inference_mode():
+        (row,) = rv.run_task(model, _task(), support_size=6, repeats=1)
+    for name in rv.VARIANTS:  # every head, deep features included, reads the discs off the image
+        assert row[f"{name}-always"] > 0.8 > row["model"]
+        assert row[name] in (row[f"{name}-always"], row["model"])
+    assert set(row["post_supports"]) == set(rv.POST) == set(row["post_queries"])
+    # post-processing is applied only where it segments the supports better than none
+    row["post_queries"] = {"none": 0.1, "largest": 0.2, "fill": 0.3, "largest+fill": 0.4}
+    row["post_supports"] = {"none": 0.5, "largest": 0.7, "fill": 0.6, "largest+fill": 0.4}
+    assert rv.scores_of(row)["base+post"] == 0.2
+    row["post_supports"] = {"none": 0.7, "largest": 0.7, "fill": 0.6, "largest+fill": 0.4}
+    assert rv.scores_of(row)["base+post"] == 0.1
