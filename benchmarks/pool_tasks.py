@@ -1,9 +1,9 @@
 """What the task-by-task experiment scripts here share: their options, the tasks of their
 indexes, images as ``segment`` takes them, and an atomic JSON write.
 
-Used by ``support_dice.py``, ``method_gate.py``, ``model_choice.py`` and ``unet_gate.py``
-(each imports it
-from this folder); ``volume_check.py`` and ``volume_settings.py`` share ``labelled_volumes``.
+Used by ``support_dice.py``, ``method_gate.py``, ``model_choice.py``, ``unet_gate.py``,
+``refine_gate.py`` and ``refine_variants.py`` (each imports it from this folder);
+``volume_check.py`` and ``volume_settings.py`` share ``labelled_volumes``.
 """
 
 from __future__ import annotations

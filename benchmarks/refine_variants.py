@@ -26,8 +26,8 @@ Run it on training-pool indexes only, on the val split (choices are tuned there)
         I="$I --index /work/indexes/train-colour/$d.h5"; done
     OMP_NUM_THREADS=1 python benchmarks/refine_variants.py $I --query-split val
 
-Prints a table (Dice x 100 per dataset) and writes results/refine_variants.json. About
-65 s per task at N = 16 with 2 draws on 1 thread.
+Prints a table (Dice x 100 per dataset) and writes results/refine_variants.json. 50-90 s
+per task at N = 16 with 2 draws on 1 thread (about 20 minutes for the command above).
 """
 
 from __future__ import annotations
