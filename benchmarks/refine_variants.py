@@ -55,14 +55,10 @@ def coarse_features(image, prob, colour):
     import numpy as np
     from scipy import ndimage
 
+    from incontext.refine import hessian_eigenvalues
+
     image = np.asarray(image, np.float32)
-    maps = [ndimage.gaussian_filter(image, 8.0)]
-    s = 6.0
-    hxx = ndimage.gaussian_filter(image, s, order=(2, 0))
-    hyy = ndimage.gaussian_filter(image, s, order=(0, 2))
-    hxy = ndimage.gaussian_filter(image, s, order=(1, 1))
-    half, root = (hxx + hyy) / 2, np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
-    maps += [(half + root) * s * s, (half - root) * s * s]
+    maps = [ndimage.gaussian_filter(image, 8.0), *hessian_eigenvalues(image, 6.0)]
     if colour is not None:
         maps += [ndimage.gaussian_filter(np.asarray(c, np.float32), 6.0) for c in colour]
     p = np.clip(np.asarray(prob, np.float32), 1e-4, 1 - 1e-4)

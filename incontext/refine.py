@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports 
 
 __all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
            "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head",
-           "pixel_features", "refine_probabilities", "resolve_refine"]
+           "hessian_eigenvalues", "pixel_features", "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
@@ -87,13 +87,8 @@ def pixel_features(image: np.ndarray, prob: np.ndarray | None,
     maps = [image]
     maps += [ndimage.gaussian_filter(image, s) for s in _GREY_SIGMAS]
     maps += [ndimage.gaussian_gradient_magnitude(image, s) for s in _GRADIENT_SIGMAS]
-    for s in _HESSIAN_SIGMAS:  # eigenvalues of the scale-normalised Hessian: ridges, blobs
-        hxx = ndimage.gaussian_filter(image, s, order=(2, 0))
-        hyy = ndimage.gaussian_filter(image, s, order=(0, 2))
-        hxy = ndimage.gaussian_filter(image, s, order=(1, 1))
-        half_trace = (hxx + hyy) / 2
-        root = np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
-        maps += [(half_trace + root) * s * s, (half_trace - root) * s * s]
+    for s in _HESSIAN_SIGMAS:
+        maps += hessian_eigenvalues(image, s)
     if colour is not None:
         for channel in np.asarray(colour, np.float32):
             maps += [channel, ndimage.gaussian_filter(channel, 2.0)]
@@ -102,6 +97,19 @@ def pixel_features(image: np.ndarray, prob: np.ndarray | None,
         logit = np.log(p / (1 - p))
         maps += [logit, ndimage.gaussian_filter(logit, 1.0), ndimage.gaussian_filter(logit, 3.0)]
     return np.stack([m.ravel() for m in maps], axis=1).astype(np.float32)
+
+
+def hessian_eigenvalues(image: np.ndarray, sigma: float) -> list[np.ndarray]:
+    """The two eigenvalues (larger first) of the scale-normalised Hessian of a (H, W) image
+    at ``sigma`` px: ridges and blobs (vessels, membranes, nuclei)."""
+    from scipy import ndimage
+
+    hxx = ndimage.gaussian_filter(image, sigma, order=(2, 0))
+    hyy = ndimage.gaussian_filter(image, sigma, order=(0, 2))
+    hxy = ndimage.gaussian_filter(image, sigma, order=(1, 1))
+    half_trace = (hxx + hyy) / 2
+    root = np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
+    return [(half_trace + root) * sigma * sigma, (half_trace - root) * sigma * sigma]
 
 
 @dataclass
