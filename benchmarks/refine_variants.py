@@ -8,14 +8,19 @@ probabilities, 2-fold cross-validated on them (the cut: the best of the grid on 
 predictions) and refitted on all of them:
 
 * ``base``: the shipped head (:mod:`incontext.refine`);
-* ``scales``: plus coarser filters (grey smoothed at 8 px, Hessian eigenvalues at 6 px,
-  R, G, B smoothed at 6 px, the logit smoothed at 6 and 12 px), for large structures;
+* ``scales``: plus the coarser filters of ``pixel_features(coarse=True)`` (grey smoothed
+  at 8 px, Hessian eigenvalues at 6 px, R, G, B smoothed at 6 px, the logit smoothed at 6
+  and 12 px), for large structures; ``segment``'s second head from 4 supports since
+  session 28;
 * ``wide``: 64 hidden units per layer and 600 steps instead of 32 and 300;
 * ``deep``: plus the model's last-layer query features (the 32 channels before its 1x1
   output convolution), captured with a forward hook.
 
 Each is scored ``<variant>`` (the head where its 2-fold Dice beats the model's
 leave-one-out Dice, as ``--refine auto``) and ``<variant>-always`` (the head everywhere).
+``pick`` (with ``base`` and ``scales`` both run) uses, per task draw, whichever of the two
+heads has the higher 2-fold Dice, where that beats the model's leave-one-out Dice: what
+``--refine auto`` does from 4 supports since session 28.
 ``base+post`` then applies to ``base``'s masks the post-processing (none, largest
 component, fill holes, both; ``segment --largest-component / --fill-holes``) that best
 segments the supports' cross-validated masks. No query label is used by any choice.
@@ -26,8 +31,9 @@ Run it on training-pool indexes only, on the val split (choices are tuned there)
         I="$I --index /work/indexes/train-colour/$d.h5"; done
     OMP_NUM_THREADS=1 python benchmarks/refine_variants.py $I --query-split val
 
-Prints a table (Dice x 100 per dataset) and writes results/refine_variants.json. 50-90 s
-per task at N = 16 with 2 draws on 1 thread (about 20 minutes for the command above).
+``--variants base,scales`` runs a subset (about half the time). Prints a table (Dice x 100
+per dataset) and writes results/refine_variants.json. 50-90 s per task at N = 16 with 2
+draws on 1 thread (about 20 minutes for the command above).
 """
 
 from __future__ import annotations
@@ -50,23 +56,6 @@ VARIANTS = {"base": {}, "scales": {"scales": True}, "wide": {"hidden": 64, "step
 POST = ("none", "largest", "fill", "largest+fill")
 
 
-def coarse_features(image, prob, colour):
-    """The ``scales`` variant's extra per-pixel features of one image -> (H·W, F)."""
-    import numpy as np
-    from scipy import ndimage
-
-    from incontext.refine import hessian_eigenvalues
-
-    image = np.asarray(image, np.float32)
-    maps = [ndimage.gaussian_filter(image, 8.0), *hessian_eigenvalues(image, 6.0)]
-    if colour is not None:
-        maps += [ndimage.gaussian_filter(np.asarray(c, np.float32), 6.0) for c in colour]
-    p = np.clip(np.asarray(prob, np.float32), 1e-4, 1 - 1e-4)
-    logit = np.log(p / (1 - p))
-    maps += [ndimage.gaussian_filter(logit, 6.0), ndimage.gaussian_filter(logit, 12.0)]
-    return np.stack([m.ravel() for m in maps], 1).astype(np.float32)
-
-
 def image_features(images, probs, colour, deep, variant: dict) -> list:
     """Per image (P, F) features of ``variant`` (``deep``: (K, P, 32) last-layer features)."""
     import numpy as np
@@ -76,9 +65,7 @@ def image_features(images, probs, colour, deep, variant: dict) -> list:
     out = []
     for i in range(images.shape[0]):
         c = None if colour is None else colour[i]
-        parts = [pixel_features(images[i], probs[i], c)]
-        if variant.get("scales"):
-            parts.append(coarse_features(images[i], probs[i], c))
+        parts = [pixel_features(images[i], probs[i], c, coarse=bool(variant.get("scales")))]
         if variant.get("deep"):
             parts.append(deep[i])
         out.append(np.concatenate(parts, 1))
@@ -117,7 +104,8 @@ def fit_head(feats, targets, seed: int, variant: dict):
         refine.HEAD_HIDDEN = width
 
 
-def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
+def run_task(model, task, support_size: int, repeats: int,
+             variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict]:
     """One row per draw: query Dice of the model, of each variant gated and always on, and
     of ``base`` with each post-processing, with the supports' cross-validated Dice."""
     import numpy as np
@@ -160,7 +148,8 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
             model_q = mean_dice(prob_q >= cal.threshold, truth_q)
             fold = np.arange(n) % 2
             row = {"draw": draw.repeat, "model": model_q, "model_loo": model_loo}
-            for name, variant in VARIANTS.items():
+            for name in variants:
+                variant = VARIANTS[name]
                 fs = image_features(si.numpy(), loo, colour, deep_s, variant)
                 fq = image_features(task.query_images, prob_q, task.query_colour, deep_q,
                                     variant)
@@ -177,6 +166,7 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
                 head = fit_head(np.concatenate(fs), targets.reshape(-1), draw.seed, variant)
                 masks_q = np.stack([head.predict(f).reshape(shape) for f in fq]) >= cut
                 use = cv[cut] > model_loo
+                row[f"{name}_cv"] = cv[cut]
                 row[f"{name}-always"] = mean_dice(masks_q, truth_q)
                 row[name] = row[f"{name}-always"] if use else model_q
                 if name == "base":  # post-processing chosen on the supports' masks
@@ -194,7 +184,12 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
 
 def scores_of(row: dict) -> dict[str, float]:
     """Every scored variant of one row (see the module docstring)."""
-    out = {k: v for k, v in row.items() if isinstance(v, float) and k != "model_loo"}
+    out = {k: v for k, v in row.items()
+           if isinstance(v, float) and k != "model_loo" and not k.endswith("_cv")}
+    if "base_cv" in row and "scales_cv" in row:
+        best = "scales" if row["scales_cv"] > row["base_cv"] else "base"
+        out["pick"] = (row[f"{best}-always"] if row[f"{best}_cv"] > row["model_loo"]
+                       else row["model"])
     sup = row["post_supports"]
     best = max(POST, key=lambda p: (round(sup[p], 6), p == "none"))
     out["base+post"] = row["post_queries"][best if sup[best] > sup["none"] else "none"]
@@ -203,10 +198,16 @@ def scores_of(row: dict) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = model_task_parser(__doc__, RESULTS / "refine_variants.json")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated heads to run (base must be one)")
     args = parser.parse_args(argv)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "base" not in variants:
+        parser.error(f"--variants: base plus any of {', '.join(VARIANTS)}; got {args.variants}")
     model = load_eval_model(args.model)
     run_scored_tasks(args, parser, lambda task: run_task(model, task, args.support_size,
-                                                         args.repeats),
+                                                         args.repeats, variants),
                      scores_of, lambda k: not k.endswith("-always"))
     return 0
 

@@ -93,6 +93,8 @@ class Segmentation:
     refined:       per label, whether the model's probabilities went through a pixel head
                    fitted on the supports (``segment(refine=)``; ``thresholds`` then gives
                    the cut on the head's probabilities)
+    refine_filters: per label, the filters of the head used: ``"fine"``, ``"fine+coarse"``
+                   (the coarse head, which competes from 4 supports) or ``""`` (no head)
     """
 
     mask: np.ndarray
@@ -107,6 +109,7 @@ class Segmentation:
     methods: list[str] = field(default_factory=list)
     flips: list[bool] = field(default_factory=list)
     refined: list[bool] = field(default_factory=list)
+    refine_filters: list[str] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -457,6 +460,7 @@ def segment(
     colours: list[str] = []
     flips: list[bool] = []
     refined: list[bool] = []
+    filters: list[str] = []  # the head's filters per label ("" without a head)
     estimates: list[tuple[float | None, int]] = []  # leave-one-out Dice on supports, checks
     was_training = model.training
     model.eval()
@@ -468,6 +472,7 @@ def segment(
                 colours.append(DEFAULT_COLOUR)
                 flips.append(False)
                 refined.append(False)
+                filters.append("")
                 estimates.append((None, 0))
                 continue  # probability stays 0
             soft = prepared.soft[value]
@@ -538,6 +543,7 @@ def segment(
             colours.append(name)
             flips.append(use_flips)
             refined.append(head is not None)
+            filters.append("" if head is None else "fine+coarse" if head.coarse else "fine")
             estimates.append(estimate)
             first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
@@ -577,7 +583,7 @@ def segment(
                                     support_dice=[e[0] for e in estimates],
                                     support_checks=[e[1] for e in estimates],
                                     methods=["model"] * n_lab, flips=list(flips),
-                                    refined=list(refined)))
+                                    refined=list(refined), refine_filters=list(filters)))
     return results[0] if single else results
 
 

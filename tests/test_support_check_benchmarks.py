@@ -216,3 +216,12 @@ def test_refine_variants_score_every_head_and_choose_post_processing_on_the_supp
     assert rv.scores_of(row)["base+post"] == 0.2
     row["post_supports"] = {"none": 0.7, "largest": 0.7, "fill": 0.6, "largest+fill": 0.4}
     assert rv.scores_of(row)["base+post"] == 0.1
+    # pick: the head with the higher 2-fold Dice on the supports, if it beats the model's
+    row.update({"base_cv": 0.6, "scales_cv": 0.7, "model_loo": 0.5, "model": 0.1,
+                "base-always": 0.2, "scales-always": 0.3})
+    assert rv.scores_of(row)["pick"] == 0.3
+    row["scales_cv"] = 0.55
+    assert rv.scores_of(row)["pick"] == 0.2
+    row["model_loo"] = 0.65
+    assert rv.scores_of(row)["pick"] == 0.1
+    assert "base_cv" not in rv.scores_of(row)
