@@ -10,8 +10,7 @@ predictions) and refitted on all of them:
 * ``base``: the shipped head (:mod:`incontext.refine`);
 * ``scales``: plus the coarser filters of ``pixel_features(coarse=True)`` (grey smoothed
   at 8 px, Hessian eigenvalues at 6 px, R, G, B smoothed at 6 px, the logit smoothed at 6
-  and 12 px), for large structures; ``segment``'s second head from 4 supports since
-  session 28;
+  and 12 px), for large structures;
 * ``wide``: 64 hidden units per layer and 600 steps instead of 32 and 300;
 * ``deep``: plus the model's last-layer query features (the 32 channels before its 1x1
   output convolution), captured with a forward hook.
@@ -19,8 +18,8 @@ predictions) and refitted on all of them:
 Each is scored ``<variant>`` (the head where its 2-fold Dice beats the model's
 leave-one-out Dice, as ``--refine auto``) and ``<variant>-always`` (the head everywhere).
 ``pick`` (with ``base`` and ``scales`` both run) uses, per task draw, whichever of the two
-heads has the higher 2-fold Dice, where that beats the model's leave-one-out Dice: what
-``--refine auto`` does from 4 supports since session 28.
+heads has the higher 2-fold Dice, where that beats the model's leave-one-out Dice (session
+28: tried as ``segment``'s default from 4 supports, not adopted; docs/segment.md).
 ``base+post`` then applies to ``base``'s masks the post-processing (none, largest
 component, fill holes, both; ``segment --largest-component / --fill-holes``) that best
 segments the supports' cross-validated masks. No query label is used by any choice.

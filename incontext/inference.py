@@ -93,8 +93,6 @@ class Segmentation:
     refined:       per label, whether the model's probabilities went through a pixel head
                    fitted on the supports (``segment(refine=)``; ``thresholds`` then gives
                    the cut on the head's probabilities)
-    refine_filters: per label, the filters of the head used: ``"fine"``, ``"fine+coarse"``
-                   (the coarse head, which competes from 4 supports) or ``""`` (no head)
     """
 
     mask: np.ndarray
@@ -109,7 +107,6 @@ class Segmentation:
     methods: list[str] = field(default_factory=list)
     flips: list[bool] = field(default_factory=list)
     refined: list[bool] = field(default_factory=list)
-    refine_filters: list[str] = field(default_factory=list)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -460,7 +457,6 @@ def segment(
     colours: list[str] = []
     flips: list[bool] = []
     refined: list[bool] = []
-    filters: list[str] = []  # the head's filters per label ("" without a head)
     estimates: list[tuple[float | None, int]] = []  # leave-one-out Dice on supports, checks
     was_training = model.training
     model.eval()
@@ -472,7 +468,6 @@ def segment(
                 colours.append(DEFAULT_COLOUR)
                 flips.append(False)
                 refined.append(False)
-                filters.append("")
                 estimates.append((None, 0))
                 continue  # probability stays 0
             soft = prepared.soft[value]
@@ -543,7 +538,6 @@ def segment(
             colours.append(name)
             flips.append(use_flips)
             refined.append(head is not None)
-            filters.append("" if head is None else "fine+coarse" if head.coarse else "fine")
             estimates.append(estimate)
             first_member: dict[bytes, int] = {}  # equal subsets (e.g. the whole pool) run once
             for m, subset in enumerate(subsets):
@@ -583,7 +577,7 @@ def segment(
                                     support_dice=[e[0] for e in estimates],
                                     support_checks=[e[1] for e in estimates],
                                     methods=["model"] * n_lab, flips=list(flips),
-                                    refined=list(refined), refine_filters=list(filters)))
+                                    refined=list(refined)))
     return results[0] if single else results
 
 

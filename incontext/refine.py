@@ -18,15 +18,7 @@ predictions, and used when that Dice beats the model's leave-one-out Dice on the
 supports at the model's cut. No query label is used. Chosen on the training pool's val
 split (benchmarks/refine_gate.py); ``segment``'s default from 2 supports, where it raised
 the pool's mean Dice by 0.8 to 3.5 (val and test, N = 2 to 16) and the held-out mean at
-N = 16 from 51.7 to 62.7 (docs/segment.md, MODEL_CARD.md).
-
-From :data:`COARSE_MIN_SUPPORTS` supports on, ``"auto"`` also cross-validates a second
-head that sees coarser filters as well (grey smoothing at 8 px, Hessian eigenvalues at
-6 px, R, G, B and the model's logit smoothed at 6 and 12 px: large structures such as the
-optic disc); the head with the higher 2-fold Dice is the one compared with the model.
-On the training pool (benchmarks/refine_variants.py, session 28) that added 0.2 to 1.7
-points at N = 4, 8 and 16 on val and test; at N = 2 it lost 0.5, hence the threshold.
-``"on"`` uses the fine head, unchecked. :data:`REFINE_CHOICES` are
+N = 16 from 51.7 to 62.7 (docs/segment.md, MODEL_CARD.md). :data:`REFINE_CHOICES` are
 ``segment``'s and the benchmark's settings.
 """
 
@@ -41,22 +33,20 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports this module
     import torch
 
-__all__ = ["COARSE_MIN_SUPPORTS", "MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES",
-           "PixelHead", "RefineCheck", "check_refine", "choose_refine", "default_refine",
-           "fit_pixel_head", "hessian_eigenvalues", "pixel_features", "refine_probabilities",
-           "resolve_refine"]
+__all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
+           "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head",
+           "hessian_eigenvalues", "pixel_features", "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
 MIN_REFINE_SUPPORTS = 2  # fewer: nothing to fit and check the head on
-COARSE_MIN_SUPPORTS = 4  # from this many supports a head with coarser filters competes too
 HEAD_STEPS = 300  # Adam steps of the head on batches of HEAD_BATCH support pixels
 HEAD_BATCH = 4096
 HEAD_HIDDEN = 32
 _GREY_SIGMAS = (1.0, 2.0, 4.0)
 _GRADIENT_SIGMAS = (1.0, 2.0)
 _HESSIAN_SIGMAS = (1.0, 2.0, 3.0)
-_COARSE_GREY_SIGMA = 8.0  # the coarse head's extra filters (pixel_features(coarse=True))
+_COARSE_GREY_SIGMA = 8.0  # pixel_features(coarse=True): an experiment's extra filters
 _COARSE_SIGMA = 6.0  # Hessian and colour
 _COARSE_LOGIT_SIGMAS = (6.0, 12.0)
 _EPS = 1e-4
@@ -93,8 +83,10 @@ def pixel_features(image: np.ndarray, prob: np.ndarray | None,
     """Per-pixel features of one image: (H, W) grey image in [0, 1], (H, W) model
     probability (None: image filters only, as the ``pixel-classifier`` baseline) and
     optional (3, H, W) R, G, B -> (H·W, F) float32. F is 15 for grey images (12 without
-    the probability) and 6 more with colour; ``coarse`` appends the coarse filters (3 for
-    the grey image, 3 with colour, 2 with the probability)."""
+    the probability) and 6 more with colour. ``coarse`` appends coarser filters (grey
+    smoothed at 8 px, Hessian eigenvalues at 6 px; R, G, B smoothed at 6 px; the logit
+    smoothed at 6 and 12 px: 3, +3, +2 columns), which ``segment`` does not use
+    (benchmarks/refine_variants.py, docs/segment.md)."""
     from scipy import ndimage
 
     image = np.asarray(image, np.float32)
@@ -137,12 +129,11 @@ def hessian_eigenvalues(image: np.ndarray, sigma: float) -> list[np.ndarray]:
 @dataclass
 class PixelHead:
     """A fitted per-pixel classifier: features standardised with the supports' ``mean`` and
-    ``std``, then ``net`` (logits); ``coarse``: fitted on ``pixel_features(coarse=True)``."""
+    ``std``, then ``net`` (logits)."""
 
     mean: np.ndarray
     std: np.ndarray
     net: torch.nn.Module
-    coarse: bool = False
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(P, F) features -> (P,) foreground probabilities."""
@@ -198,9 +189,9 @@ def _fit(features: np.ndarray, targets: np.ndarray, seed: int, steps: int) -> Pi
 
 
 def _features(images: np.ndarray, probs: np.ndarray, colour: np.ndarray | None,
-              coarse: bool = False) -> np.ndarray:
+              ) -> np.ndarray:
     return np.concatenate([pixel_features(images[i], probs[i],
-                                          None if colour is None else colour[i], coarse)
+                                          None if colour is None else colour[i])
                            for i in range(images.shape[0])])
 
 
@@ -211,7 +202,7 @@ class RefineCheck:
     (2-fold cross-validated on them, at ``cut``, the best of the cuts tried on those
     predictions); both None when nothing was checked (``"on"``, or fewer than 2
     supports). ``head`` is fitted on all of them when used; its probabilities are cut at
-    ``cut``. ``coarse``: the head chosen is the one with coarse filters."""
+    ``cut``."""
 
     use: bool
     model: float | None = None
@@ -219,45 +210,20 @@ class RefineCheck:
     supports: int = 0
     head: PixelHead | None = None
     cut: float = 0.5
-    coarse: bool = False
-
-
-def _cross_validated(feats: np.ndarray, truth: np.ndarray, seed: int,
-                     head_cuts: Sequence[float]) -> tuple[float, float]:
-    """2-fold Dice of a head on (S·H·W, F) ``feats`` of (S, H, W) ``truth`` -> (Dice, cut):
-    the best of ``head_cuts`` (ties: the cut nearest 0.5)."""
-    import torch
-
-    from incontext.calibration import dice_at
-
-    pixels = truth.shape[1] * truth.shape[2]
-    fold = np.arange(truth.shape[0]) % 2
-    held_out = np.zeros_like(truth)  # each support's head probabilities from the other fold
-    for f in (0, 1):
-        train = np.repeat(fold != f, pixels)
-        head = fit_pixel_head(feats[train], truth.reshape(-1)[train], seed)
-        held_out[fold == f] = head.predict(feats[~train]).reshape(-1, *truth.shape[1:])
-    scores = {float(t): float(dice_at(torch.from_numpy(held_out), torch.from_numpy(truth),
-                                      float(t)).mean()) for t in head_cuts}
-    best = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))
-    return scores[best], best
 
 
 def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
                   colour: np.ndarray | None = None, cut: float = 0.5, seed: int = 0,
                   mode: str = "auto", max_supports: int = MAX_REFINE_SUPPORTS,
-                  head_cuts: Sequence[float] = (0.5,),
-                  coarse_from: int = COARSE_MIN_SUPPORTS) -> RefineCheck:
+                  head_cuts: Sequence[float] = (0.5,)) -> RefineCheck:
     """Fit the pixel head on supports segmented from the others, and say whether to use it.
 
     ``predict`` as in :func:`incontext.support_flips.choose_support_flips`; images and
     labels (S, H, W) at the size ``predict`` works at, ``colour`` (S, 3, H, W) or None.
-    Up to ``max_supports`` supports (a seeded choice) are segmented from all the others.
-    ``mode="on"`` fits the fine-filter head on them (its cut: 0.5). ``"auto"`` computes the
-    head's 2-fold cross-validated Dice at the best of ``head_cuts``; from ``coarse_from``
-    supports a second head, with the coarse filters too, competes and the higher 2-fold
-    Dice wins (ties: the fine head). The winner is used where its Dice beats the model's
-    leave-one-out Dice at ``cut``. Fewer than 2 supports: the head is not used.
+    Up to ``max_supports`` supports (a seeded choice) are segmented from all the others;
+    ``mode="on"`` fits the head on them (its cut: 0.5), ``"auto"`` first compares its
+    2-fold cross-validated Dice, at the best of ``head_cuts`` on those predictions, with the
+    model's leave-one-out Dice at ``cut``. Fewer than 2 supports: the head is not used.
     """
     import torch
 
@@ -276,20 +242,26 @@ def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
     img = images[torch.from_numpy(chosen)].numpy()
     truth = (labels[torch.from_numpy(chosen)].numpy() >= 0.5).astype(np.float32)
     col = None if colour is None else np.asarray(colour)[chosen]
-    if mode == "on":  # the fine head, unchecked
-        head = fit_pixel_head(_features(img, prob, col), truth.reshape(-1), seed)
-        return RefineCheck(True, None, None, len(chosen), head)
-    candidates = (False, True) if n >= coarse_from else (False,)
-    feats = {c: _features(img, prob, col, c) for c in candidates}
-    scored = {c: _cross_validated(feats[c], truth, seed, head_cuts) for c in candidates}
-    coarse = max(candidates, key=lambda c: (round(scored[c][0], 6), not c))  # ties: fine
-    head_dice, head_cut = scored[coarse]
-    model_dice = float(dice_at(torch.from_numpy(prob), torch.from_numpy(truth), cut).mean())
-    if head_dice <= model_dice:
-        return RefineCheck(False, model_dice, head_dice, len(chosen))
-    head = fit_pixel_head(feats[coarse], truth.reshape(-1), seed)
-    head.coarse = coarse
-    return RefineCheck(True, model_dice, head_dice, len(chosen), head, head_cut, coarse)
+    feats = _features(img, prob, col)
+    pixels = img.shape[1] * img.shape[2]
+    model_dice = head_dice = None
+    use = mode == "on"
+    if mode == "auto":
+        model_dice = float(dice_at(torch.from_numpy(prob), torch.from_numpy(truth), cut).mean())
+        fold = np.arange(len(chosen)) % 2
+        held_out = np.zeros_like(truth)  # each support's head probabilities from the other fold
+        for f in (0, 1):
+            train = np.repeat(fold != f, pixels)
+            head = fit_pixel_head(feats[train], truth.reshape(-1)[train], seed)
+            held_out[fold == f] = head.predict(feats[~train]).reshape(-1, *img.shape[1:])
+        scores = {float(t): float(dice_at(torch.from_numpy(held_out), torch.from_numpy(truth),
+                                          float(t)).mean()) for t in head_cuts}
+        head_cut = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))
+        head_dice = scores[head_cut]
+        use = head_dice > model_dice
+    head = fit_pixel_head(feats, truth.reshape(-1), seed) if use else None
+    return RefineCheck(use, model_dice, head_dice, len(chosen), head,
+                       head_cut if use and mode == "auto" else 0.5)
 
 
 def refine_probabilities(head: PixelHead, images: np.ndarray, probs: np.ndarray,
@@ -299,7 +271,6 @@ def refine_probabilities(head: PixelHead, images: np.ndarray, probs: np.ndarray,
     colour."""
     out = np.empty(probs.shape, np.float32)
     for i in range(images.shape[0]):
-        feats = pixel_features(images[i], probs[i], None if colour is None else colour[i],
-                               head.coarse)
+        feats = pixel_features(images[i], probs[i], None if colour is None else colour[i])
         out[i] = head.predict(feats).reshape(probs.shape[1:])
     return out

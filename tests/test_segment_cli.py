@@ -682,7 +682,6 @@ def test_refine_on_reports_the_pixel_head_and_is_refused_for_volumes(tmp_path, m
     printed = capsys.readouterr().out
     (choice,) = json.loads(report.read_text())["choices"]
     assert choice["refined"] is True and choice["cut"] == 0.5
-    assert choice["refine_filters"] == "fine"  # "on": the fine head, unchecked
     assert "pixel head" in printed and "used" in printed
     assert np.asarray(Image.open(tmp_path / "out" / "case2.png")).shape == (48, 48)
     argv[argv.index("on")] = "off"

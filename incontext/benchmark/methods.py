@@ -49,13 +49,7 @@ from incontext.hand_over import (
     prefers_unet,
 )
 from incontext.inference import predict_probabilities
-from incontext.refine import (
-    COARSE_MIN_SUPPORTS,
-    check_refine,
-    choose_refine,
-    refine_probabilities,
-    resolve_refine,
-)
+from incontext.refine import check_refine, choose_refine, refine_probabilities, resolve_refine
 from incontext.support_flips import (
     check_support_flips,
     choose_support_flips,
@@ -328,7 +322,6 @@ class ModelMethod:
             info["support_flips"] = self.support_flips
         if self.refine != "off":  # likewise
             info["refine"] = self.refine
-            info["refine_coarse_from"] = COARSE_MIN_SUPPORTS  # heads since session 28
         if self.hand_over is not None:  # likewise
             info["hand_over"] = dict(self.hand_over, unet=self._unet.describe())
         info["weights_sha256"] = self.fingerprint  # new weights under the same name: new rows

@@ -46,7 +46,6 @@ class LabelChoice:
     hand_over: dict | None = None  # --hand-over: the model's and the U-Net's Dice compared
     flips: bool = False  # --support-flips: flipped copies of the supports were added
     refined: bool = False  # --refine: a pixel head fitted on the supports was used
-    refine_filters: str = ""  # its filters: "fine" or "fine+coarse" ("" without a head)
 
 
 @dataclass
@@ -69,8 +68,7 @@ def label_choices(result, labels: list[int], hand_over=None) -> list[LabelChoice
                         result.support_dice[i], result.support_checks[i],
                         result.methods[i] if result.methods else "model", compared.get(v),
                         bool(result.flips[i]) if result.flips else False,
-                        bool(result.refined[i]) if result.refined else False,
-                        result.refine_filters[i] if result.refine_filters else "")
+                        bool(result.refined[i]) if result.refined else False)
             for i, v in enumerate(labels)]
 
 
@@ -130,8 +128,7 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
         if flipped:
             row.append("added" if c.flips else "no")
         if refined:
-            row.append(("used, coarse filters" if "coarse" in c.refine_filters else "used")
-                       if c.refined else "no")
+            row.append("used" if c.refined else "no")
         table.add_row(*row, *([_method_text(c)] if compared else []))
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]
