@@ -17,7 +17,7 @@ scored on the other, both ways (2-fold cross-validation), at the best cut on tho
 predictions, and used when that Dice beats the model's leave-one-out Dice on the same
 supports at the model's cut. No query label is used. Chosen on the training pool's val
 split (benchmarks/refine_gate.py); ``segment``'s default from 2 supports, where it raised
-the pool's mean Dice by 0.8 to 3.5 (val and test, N = 2 to 16) and the held-out mean at
+the pool's mean Dice by 0.9 to 3.6 (val and test, N = 2 to 16) and the held-out mean at
 N = 16 from 51.7 to 62.7 (docs/segment.md, MODEL_CARD.md). :data:`REFINE_CHOICES` are
 ``segment``'s and the benchmark's settings.
 """
