@@ -23,6 +23,9 @@ def add_task_options(parser: argparse.ArgumentParser, json_default: Path) -> Non
     parser.add_argument("--queries-per-task", type=int, default=16)
     parser.add_argument("--query-split", default="val", choices=("val", "test"))
     parser.add_argument("--json", default=str(json_default))
+    parser.add_argument("--remap", type=int, default=None, metavar="SEED",
+                        help="pseudo-unseen tasks: pass every image of a task through one "
+                             "random non-monotone intensity curve (see remap_task)")
 
 
 def model_task_parser(doc: str, json_default: Path) -> argparse.ArgumentParser:
@@ -59,7 +62,34 @@ def pool_tasks(args: argparse.Namespace) -> Iterator[tuple[str, object]]:
             except ProtocolError as exc:  # e.g. a dataset too small for a val split
                 print(f"{name}: skipped ({exc})", flush=True)
                 continue
+            if getattr(args, "remap", None) is not None:
+                task = remap_task(task, args.remap)
             yield name, task
+
+
+def remap_curve(seed: int, knots: int = 6):
+    """A random piecewise-linear intensity curve on [0, 1]: ``knots`` evenly spaced points
+    with values drawn uniformly from [0, 1], so almost always non-monotone. Training's
+    task augmentations (inversion, brightness/contrast, blur, noise, Sobel edges) are all
+    monotone or local, so tasks seen through such a curve stand in for an unseen domain."""
+    import numpy as np
+
+    xs = np.linspace(0.0, 1.0, knots)
+    ys = np.random.default_rng(seed).uniform(0.0, 1.0, knots)
+    return lambda a: np.interp(a, xs, ys).astype(np.float32)
+
+
+def remap_task(task, seed: int):
+    """``task`` with every grey image (pool and queries) passed through one
+    :func:`remap_curve`, seeded by ``seed`` and the task's name; colour images are dropped
+    (the scripts using this work on grey images). Labels are unchanged."""
+    import dataclasses
+    import zlib
+
+    curve = remap_curve(zlib.crc32(f"{seed}/{task.name}".encode()))
+    return dataclasses.replace(task, pool_images=curve(task.pool_images),
+                               query_images=curve(task.query_images),
+                               pool_colour=None, query_colour=None)
 
 
 def as_images(grey, colour, indices: Sequence[int]) -> list:

@@ -15,6 +15,12 @@ once on all. Scores (query Dice; no query label is used by any gate):
   is ``gcut@0``);
 * ``oracle``: the better of the model and the head at 0.5 on the queries (a bound).
 
+With ``--alternatives threshold,prototype`` (training-free baselines) each is also run on
+the queries and on every support from the others, and ``alt@m`` scores a method gate on top
+of ``gcut@0``: the alternative with the best leave-one-out Dice replaces the model (with or
+without its head) where it beats the better of the model's and the head's support Dice by
+more than m. ``--remap SEED`` runs it all on pseudo-unseen tasks (``pool_tasks.remap_task``).
+
 Run it on training-pool indexes only, on the val split (choices are tuned there):
 
     I=""; for d in jsrt busi ph2 hc18 drions_od monuseg isbi_em left_atrium_3d drions_vessels; do
@@ -41,14 +47,17 @@ from pool_tasks import (  # noqa: E402
 )
 
 MARGINS = (-0.05, 0.0, 0.03)
+ALT_MARGINS = (0.0, 0.05, 0.1)
 
 
-def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
+def run_task(model, task, support_size: int, repeats: int,
+             alternatives: tuple[str, ...] = ()) -> list[dict]:
     """One row per draw: the model's query and leave-one-out Dice, the head's 2-fold Dice and
-    query Dice at every cut of the grid."""
+    query Dice at every cut of the grid; each alternative's leave-one-out and query Dice."""
     import numpy as np
     import torch
 
+    from incontext.baselines import BASELINES
     from incontext.benchmark.protocol import support_draws
     from incontext.calibration import THRESHOLD_GRID, dice_at, support_calibration
     from incontext.inference import predict_probabilities
@@ -82,7 +91,17 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
         head = fit_pixel_head(feats, truth.reshape(-1), draw.seed)
         refined = torch.from_numpy(refine_probabilities(head, task.query_images,
                                                         prob_q.numpy(), task.query_colour))
-        rows.append({
+        alts = {}
+        for alt in alternatives:
+            method = BASELINES[alt]()
+            others = [[j for j in range(n) if j != i] for i in range(n)]
+            loo_alt = np.stack([method.predict(si.numpy()[o], sl.numpy()[o],
+                                               si.numpy()[i:i + 1], seed=draw.seed)[0]
+                                for i, o in enumerate(others)])
+            q_alt = method.predict(si.numpy(), sl.numpy(), task.query_images, seed=draw.seed)
+            alts[alt] = {"loo": float(dice_at(torch.from_numpy(loo_alt), sl).mean()),
+                         "query": float(dice_at(torch.from_numpy(q_alt), truth_q).mean())}
+        rows.append({"alternatives": alts,
             "draw": draw.repeat,
             "model": float(dice_at(prob_q, truth_q, cal.threshold).mean()),
             "model_loo": float(dice_at(loo, sl, cal.threshold).mean()),
@@ -104,16 +123,30 @@ def variants(row: dict) -> dict[str, float]:
         out[f"gate@{m:g}"] = head[0.5] if cv[0.5] > row["model_loo"] + m else row["model"]
         out[f"gcut@{m:g}"] = head[best] if cv[best] > row["model_loo"] + m else row["model"]
     out["oracle"] = max(row["model"], head[0.5])
+    alts = row.get("alternatives", {})
+    if alts:
+        own = max(row["model_loo"], cv[best])
+        pick = max(alts, key=lambda a: alts[a]["loo"])
+        for m in ALT_MARGINS:
+            out[f"alt@{m:g}"] = (alts[pick]["query"] if alts[pick]["loo"] > own + m
+                                 else out["gcut@0"])
+        for a, v in alts.items():
+            out[a] = v["query"]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = model_task_parser(__doc__, RESULTS / "refine_gate.json")
+    parser.add_argument("--alternatives", default="",
+                        help="comma-separated baselines for a method gate, e.g. "
+                             "threshold,prototype")
     args = parser.parse_args(argv)
+    alternatives = tuple(a for a in args.alternatives.split(",") if a)
     model = load_eval_model(args.model)
     run_scored_tasks(args, parser, lambda task: run_task(model, task, args.support_size,
-                                                         args.repeats),
-                     variants, lambda k: k in ("model", "always", "gcut@0"))
+                                                         args.repeats, alternatives),
+                     variants, lambda k: k in ("model", "always", "gcut@0", "alt@0")
+                     or k in alternatives)
     return 0
 
 

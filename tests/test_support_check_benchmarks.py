@@ -225,3 +225,62 @@ def test_refine_variants_score_every_head_and_choose_post_processing_on_the_supp
     row["model_loo"] = 0.65
     assert rv.scores_of(row)["pick"] == 0.1
     assert "base_cv" not in rv.scores_of(row)
+
+
+def test_refine_gate_alternatives_replace_the_model_only_where_the_supports_say_so():
+    rg = load_script("refine_gate")
+    # the mean support label misses moving discs; a grey-level cut of the image is exact
+    rows = rg.run_task(MeanSupportLabel(32), _task(), support_size=6, repeats=2,
+                       alternatives=("threshold", "prototype"))
+    for row in rows:
+        alts = row["alternatives"]
+        assert set(alts) == {"threshold", "prototype"}
+        assert alts["threshold"]["loo"] > 0.95 and alts["threshold"]["query"] > 0.95
+        scored = rg.variants(row)
+        assert scored["threshold"] == alts["threshold"]["query"]
+        assert scored["alt@0"] == scored["gcut@0"]  # the head is exact here too: no switch
+    # the gate: the best alternative on the supports, if it beats model and head by > m
+    row = {"model": 0.5, "model_loo": 0.6, "head_cv": {"0.5": 0.7}, "head": {"0.5": 0.65},
+           "alternatives": {"threshold": {"loo": 0.78, "query": 0.9},
+                            "prototype": {"loo": 0.74, "query": 0.95}}}
+    scored = rg.variants(row)
+    assert scored["gcut@0"] == 0.65
+    assert scored["alt@0"] == scored["alt@0.05"] == 0.9  # threshold: best loo, +0.08
+    assert scored["alt@0.1"] == 0.65
+    # an exact model is never replaced
+    (row,) = rg.run_task(EchoQuery(32), _task(), support_size=6, repeats=1,
+                         alternatives=("threshold",))
+    scored = rg.variants(row)
+    assert all(scored[f"alt@{m:g}"] == scored["gcut@0"] for m in rg.ALT_MARGINS)
+
+
+def test_remap_task_passes_every_image_through_one_curve_and_keeps_the_labels():
+    pt = load_script("pool_tasks")
+    task = _task(n_pool=5, n_query=2)
+    task.pool_images[:] = np.linspace(0, 1, 32, dtype=np.float32)[None, None, :]
+    task.query_images[:] = np.linspace(0, 1, 32, dtype=np.float32)[None, None, :]
+    task.pool_colour = np.zeros((5, 3, 32, 32), np.float32)
+    out = pt.remap_task(task, seed=0)
+    assert out.pool_colour is None and out.query_colour is None  # grey only
+    np.testing.assert_array_equal(out.pool_labels, task.pool_labels)
+    np.testing.assert_array_equal(out.query_labels, task.query_labels)
+    assert out.pool_images.dtype == np.float32 and 0 <= out.pool_images.min() <= 1
+    # the same grey value maps to the same value in supports and queries
+    np.testing.assert_array_equal(out.pool_images[0], out.query_images[0])
+    assert not np.allclose(out.pool_images, task.pool_images)
+    np.testing.assert_array_equal(out.pool_images, pt.remap_task(task, seed=0).pool_images)
+    assert not np.allclose(out.pool_images, pt.remap_task(task, seed=1).pool_images)
+    curve = pt.remap_curve(3)
+    xs = np.linspace(0, 1, 6)
+    assert np.all((curve(xs) >= 0) & (curve(xs) <= 1))
+
+
+def test_support_groups_average_the_groups_probabilities():
+    sg = load_script("support_groups")
+    # the mean support label of two equal halves, averaged, is the mean label of all
+    rows = sg.run_task(MeanSupportLabel(32), _task(n_pool=8), support_size=8, repeats=1,
+                       groups=[1, 2, 4])
+    (row,) = rows
+    assert row["groups=1"] == pytest.approx(row["groups=2"]) == pytest.approx(row["groups=4"])
+    rows = sg.run_task(EchoQuery(32), _task(n_pool=8), support_size=6, repeats=2, groups=[1, 3])
+    assert len(rows) == 2 and all(r["groups=1"] > 0.95 and r["groups=3"] > 0.95 for r in rows)
