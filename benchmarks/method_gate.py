@@ -48,7 +48,7 @@ MARGINS = (0.0, 0.03, 0.05, 0.1)
 def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
     import torch
 
-    from incontext.baselines import NearestSupport, Prototype, Threshold
+    from incontext.baselines import NearestSupport, Threshold
     from incontext.benchmark.protocol import support_draws
     from incontext.calibration import (
         DEFAULT_CHECKS,
@@ -63,8 +63,7 @@ def run_task(model, task, support_size: int, repeats: int) -> list[dict]:
     def run(q, si, sl):
         return predict_probabilities(model, q, si, sl)
 
-    alternatives = {"threshold": Threshold(), "nearest-support": NearestSupport(),
-                    "prototype": Prototype()}
+    alternatives = {"threshold": Threshold(), "nearest-support": NearestSupport()}
     q = torch.from_numpy(task.query_images)
     q_true = torch.from_numpy(task.query_labels)
     rows = []
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"model": ((), 0.0)}
     for m in MARGINS:
         variants[f"gate-thr@{m:g}"] = (("threshold",), m)
-        variants[f"gate-proto@{m:g}"] = (("prototype",), m)
-        variants[f"gate-all@{m:g}"] = (("threshold", "nearest-support", "prototype"), m)
+        variants[f"gate-all@{m:g}"] = (("threshold", "nearest-support"), m)
     results: dict[str, dict] = {}
     for name, task in pool_tasks(args):
         start = time.perf_counter()
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = {v: float(np.mean([r["query"][gate(r, ns, m) if ns else "model"]
                                     for r in rows])) for v, (ns, m) in variants.items()}
         scores["oracle"] = float(np.mean([max(r["query"].values()) for r in rows]))
-        for alt in ("threshold", "nearest-support", "prototype"):
+        for alt in ("threshold", "nearest-support"):
             scores[alt] = float(np.mean([r["query"][alt] for r in rows]))
         results[name] = {"dataset": task.dataset, "rows": rows, "scores": scores}
         print(f"{name:45s} " + " ".join(f"{v}={100 * x:5.1f}" for v, x in scores.items()
