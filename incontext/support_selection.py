@@ -1,11 +1,13 @@
 """Per-query support selection: run each query with the supports that look most like it.
 
-The default model was trained with at most 16 supports. With 64 (training pool's test
-split, auto cut + colour auto, docs/segment.md) the 16 nearest to each query score as
-well as all 64 (73.5 vs 73.4 mean Dice) at a quarter of the cost; a random 16 do worse.
-Nearness is the correlation of the images shrunk to 32 × 32 (zero mean, unit norm):
-cheap, label-free, and it follows what makes a support informative for a query (view,
-field of view, contrast).
+The default model was trained with at most 16 supports. Given more, ``segment`` by default
+runs each query with its :data:`DEFAULT_NEAREST` (16) nearest supports among all of them
+(:func:`resolve_nearest`): on the training pool at N = 64, with the pixel head and the
+rest of ``segment``'s defaults, that scored higher than one pass with all 64, at about a
+third of the time (docs/segment.md, "Many supports"); a random 16, or 4 groups of 16
+averaged, do worse. Nearness is the correlation of the images shrunk to 32 × 32 (zero
+mean, unit norm): cheap, label-free, and it follows what makes a support informative for
+a query (view, field of view, contrast).
 """
 
 from __future__ import annotations
@@ -21,11 +23,33 @@ FEATURE_SIZE = 32
 SupportRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_nearest(nearest: int | None) -> None:
-    """Raise ValueError unless ``nearest`` is None or an integer >= 1."""
-    if nearest is not None and (isinstance(nearest, bool) or not isinstance(nearest, int)
-                                or nearest < 1):
-        raise ValueError(f"nearest must be None or an integer >= 1, got {nearest!r}")
+DEFAULT_NEAREST = 16  # the most supports the default model saw per episode in training
+NEAREST_CHOICES: tuple[str, ...] = ("default", "off")
+
+
+def check_nearest(nearest: int | str | None) -> None:
+    """Raise ValueError unless ``nearest`` is None, ``"default"``, ``"off"`` or an
+    integer >= 1."""
+    if nearest is None or (isinstance(nearest, str) and nearest in NEAREST_CHOICES):
+        return
+    _check_count(nearest)
+
+
+def _check_count(k: int | None) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"nearest must be an integer >= 1, 'default' or 'off', got {k!r}")
+
+
+def resolve_nearest(nearest: int | str | None, supports_per_pass: int) -> int | None:
+    """How many supports each query gets (None: all of them). An integer is kept;
+    ``"off"`` gives None; None and ``"default"`` give :data:`DEFAULT_NEAREST` when there are
+    more than that many supports per pass, else None."""
+    check_nearest(nearest)
+    if nearest == "off":
+        return None
+    if nearest is None or nearest == "default":
+        return DEFAULT_NEAREST if supports_per_pass > DEFAULT_NEAREST else None
+    return int(nearest)
 
 
 def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -44,7 +68,7 @@ def nearest_supports(queries: torch.Tensor, support_images: torch.Tensor, k: int
 
     queries (Q, H, W), support_images (S, H, W); ties go to the lower index.
     """
-    check_nearest(k)
+    _check_count(k)
     sim = image_features(queries) @ image_features(support_images).T  # (Q, S)
     k = min(int(k), support_images.shape[0])
     # a stable sort keeps equal similarities in support order (reproducible choices)
@@ -55,7 +79,7 @@ def run_with_nearest(run: SupportRun, k: int | None) -> SupportRun:
     """``run`` with each query given only its ``k`` nearest supports (all of them when the
     support set has at most ``k`` entries or ``k`` is None). Queries that pick the same
     supports run together."""
-    check_nearest(k)
+    _check_count(k)
     if k is None:
         return run
 

@@ -10,9 +10,11 @@ from fake_models import MeanSupportLabel
 from incontext.benchmark.methods import ModelMethod, load_model_method
 from incontext.inference import segment
 from incontext.support_selection import (
+    DEFAULT_NEAREST,
     check_nearest,
     image_features,
     nearest_supports,
+    resolve_nearest,
     run_with_nearest,
 )
 
@@ -57,7 +59,7 @@ def test_nearest_supports_finds_the_look_alike_first():
     assert nearest_supports(queries, supports, 50).shape == (2, 10)  # capped at S
 
 
-@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4", "auto"])
 def test_check_nearest_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="nearest"):
         check_nearest(bad)
@@ -141,3 +143,93 @@ def test_benchmark_cli_parses_model_nearest():
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["benchmark", "--index", "x.h5", "--model-nearest", bad])
+
+
+def test_resolve_nearest_defaults_to_16_only_above_16_supports():
+    assert DEFAULT_NEAREST == 16
+    assert resolve_nearest(None, 16) is None and resolve_nearest("default", 16) is None
+    assert resolve_nearest(None, 17) == 16 and resolve_nearest("default", 240) == 16
+    assert resolve_nearest("off", 240) is None
+    assert resolve_nearest(4, 3) == 4  # an explicit k is kept (capped where it is used)
+    with pytest.raises(ValueError, match="nearest"):
+        resolve_nearest("some", 20)
+    with pytest.raises(ValueError, match="nearest"):  # the internal runners take numbers only
+        run_with_nearest(lambda q, s, lab: q, "default")
+
+
+class _CountSupports(MeanSupportLabel):
+    """MeanSupportLabel that records how many supports each forward pass gets."""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.counts = []
+
+    def forward(self, target, images, labels):
+        self.counts.append(int(images.shape[1]))
+        return super().forward(target, images, labels)
+
+
+def test_segment_default_gives_each_query_its_16_nearest_of_a_large_support_set():
+    si, sl = _halves(12, 12)  # 24 supports
+    query = si[3] + 0.01  # a left-half image
+    kwargs = {"threshold": 0.5, "supports_normalized": True, "colour": "luma", "refine": "off"}
+    model = _CountSupports(32)
+    near = segment(model, query, si, sl.astype(np.uint8), **kwargs)
+    assert model.counts == [16]  # one pass, with 16 of the 24
+    assert near.nearest == 16
+    # the 16 most alike are the 12 left-half images first: the left half dominates
+    assert near.probabilities[0][:, :16].mean() > 0.7 > near.probabilities[0][:, 16:].mean()
+    model = _CountSupports(32)
+    off = segment(model, query, si, sl.astype(np.uint8), nearest="off", **kwargs)
+    assert model.counts == [24] and np.allclose(off.probabilities[0], 0.5, atol=1e-3)
+    assert off.nearest is None
+    model = _CountSupports(32)
+    assert segment(model, query, si[:16], sl[:16].astype(np.uint8), **kwargs).nearest is None
+    assert model.counts == [16]  # 16 supports: all of them, as before
+    model = _CountSupports(32)  # ensemble members keep their random subsets
+    segment(model, query, si, sl.astype(np.uint8), ensemble=2, support_size=20, **kwargs)
+    assert model.counts == [20, 20]
+
+
+def test_model_method_nearest_default_follows_the_support_count():
+    si, sl = _halves(12, 12)
+    query = si[:1] + 0.01
+    model = _CountSupports(32)
+    method = ModelMethod(model, name="m", nearest="default")
+    assert method.name == "m-nn-default" and method.describe()["nearest"] == "default"
+    method.predict(si, sl, query, seed=0)
+    assert model.counts == [16]
+    method.predict(si[:8], sl[:8], query, seed=0)
+    assert model.counts == [16, 8]
+    off = ModelMethod(MeanSupportLabel(32), name="m", nearest="off")
+    assert off.name == "m" and "nearest" not in off.describe()  # the same rows as before
+
+
+def test_cli_nearest_takes_a_number_default_or_off():
+    from incontext.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["benchmark", "--index", "x.h5", "--model-nearest", "default"]).model_nearest \
+        == "default"
+    base = ["segment", "--support-dir", "s", "--query", "q", "--out", "o"]
+    assert parse(base + ["--nearest", "off"]).nearest == "off"
+    assert parse(base + ["--nearest", "8"]).nearest == 8
+    assert parse(base).nearest is None
+    with pytest.raises(SystemExit):
+        parse(base + ["--nearest", "auto"])
+
+
+def test_support_check_table_says_how_many_supports_each_query_had():
+    from rich.console import Console
+
+    from incontext.cli.segment_report import label_choices, print_support_checks
+
+    si, sl = _halves(12, 12)
+    result = segment(MeanSupportLabel(32), si[3] + 0.01, si, sl.astype(np.uint8),
+                     supports_normalized=True, colour="luma", refine="off")
+    (choice,) = label_choices(result, [1])
+    assert choice.nearest == 16
+    console = Console(record=True, width=200)
+    print_support_checks([choice], console)
+    text = console.export_text()
+    assert "supports per query" in text and "16 nearest" in text

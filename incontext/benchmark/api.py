@@ -85,7 +85,7 @@ def run_benchmark(
     model_threshold: float | str = 0.5,
     model_tta: int = 1,
     model_colour: str = "luma",
-    model_nearest: int | None = None,
+    model_nearest: int | str | None = None,
     model_hand_over: bool = False,
     model_support_flips: str = "off",
     model_refine: str = "off",
@@ -113,7 +113,8 @@ def run_benchmark(
     ``"luma"`` renders colour tasks (indexes with a ``colour`` array) to grey another way,
     ``"auto"`` choosing per task and draw on the supports (:mod:`incontext.colour`); rows
     named ``<model>-...-colour-<c>``. ``model_nearest`` = k runs each query with its k most
-    similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``.
+    similar supports (:mod:`incontext.support_selection`); rows named ``<model>-...-nn<k>``;
+    ``"default"`` as ``segment`` does by default (rows ``<model>-...-nn-default``).
     ``model_hand_over`` lets a ``supervised-unet`` trained on the supports segment a task and
     draw when it beats the model on them (:mod:`incontext.hand_over`); rows named
     ``<model>-...-hand-over``. ``model_support_flips`` ``"on"`` adds flipped copies of the

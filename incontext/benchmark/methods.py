@@ -56,7 +56,7 @@ from incontext.support_flips import (
     flipped_copies,
     resolve_support_flips,
 )
-from incontext.support_selection import check_nearest
+from incontext.support_selection import check_nearest, resolve_nearest
 from incontext.tiling import (
     TiledRunner,
     check_tiles,
@@ -86,7 +86,8 @@ class ModelMethod:
     ``colour`` other than ``"luma"`` renders colour tasks to grey another way
     (:mod:`incontext.colour`; ``"auto"``: chosen per task and draw on the support set);
     tasks without colour keep their grey images. ``nearest`` = k runs each query with the k
-    supports most like it (:mod:`incontext.support_selection`), in the support-set checks too.
+    supports most like it (:mod:`incontext.support_selection`), in the support-set checks too;
+    ``"default"`` as ``segment`` does by default (16 with more than 16 supports, else all).
     ``hand_over=True`` compares the model with a ``supervised-unet`` (grey, ``unet_steps``)
     on the supports of each task and draw, by ``folds``-fold cross-validation, and lets the
     U-Net segment the queries when it wins by more than ``margin`` (:mod:`incontext.hand_over`;
@@ -106,7 +107,7 @@ class ModelMethod:
     def __init__(self, model: nn.Module, name: str = "model", source: str | None = None,
                  batch_size: int | None = None, tiles: int | str = 1,
                  threshold: float | str = 0.5, tta: int = 1, colour: str = DEFAULT_COLOUR,
-                 nearest: int | None = None, hand_over: bool = False,
+                 nearest: int | str | None = None, hand_over: bool = False,
                  margin: float = DEFAULT_MARGIN, folds: int = DEFAULT_FOLDS,
                  unet_steps: int = DEFAULT_UNET_STEPS, support_flips: str = "off",
                  refine: str = "off") -> None:
@@ -127,8 +128,10 @@ class ModelMethod:
             self.name += f"-tta{tta}"
         if colour != DEFAULT_COLOUR:
             self.name += f"-colour-{colour}"
+        if nearest == "off":
+            nearest = None
         if nearest is not None:
-            self.name += f"-nn{nearest}"
+            self.name += "-nn-default" if nearest == "default" else f"-nn{nearest}"
         if support_flips != "off":
             self.name += f"-flips-{support_flips}"
         self.support_flips = support_flips
@@ -164,7 +167,7 @@ class ModelMethod:
             lambda q, s_img, s_lab: predict_probabilities(self.model, q, s_img, s_lab,
                                                           batch_size=self.batch_size,
                                                           tta=self.tta),
-            self.resolution, nearest=nearest)
+            self.resolution, nearest=None if nearest == "default" else nearest)
 
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:
@@ -256,6 +259,7 @@ class ModelMethod:
         """The model's probabilities (no hand-over); ``record`` adds the choices made to
         ``chosen_colours``, ``chosen_thresholds`` and ``chosen_tiles`` (not for the
         hand-over's checks on parts of the supports)."""
+        self._runner.nearest = resolve_nearest(self.nearest, len(si))  # "default": by size
         name, si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
         if record:
             if self._renders_colour(support_colour, query_colour):
@@ -266,7 +270,7 @@ class ModelMethod:
                 self.chosen_tiles.append(int(cal.tiles))
         sl_t = torch.from_numpy(sl)
         flipped = False
-        flips = resolve_support_flips(self.support_flips, len(si), self.nearest)
+        flips = resolve_support_flips(self.support_flips, len(si), self._runner.nearest)
         if flips != "off":
             use = flips == "on"
             if not use:
@@ -373,7 +377,7 @@ def make_baselines(names: Sequence[str],
 
 def load_model_method(model: str | os.PathLike | nn.Module | None, tiles: int | str = 1,
                       threshold: float | str = 0.5, tta: int = 1,
-                      colour: str = DEFAULT_COLOUR, nearest: int | None = None,
+                      colour: str = DEFAULT_COLOUR, nearest: int | str | None = None,
                       hand_over: bool = False, device: str = "cpu",
                       support_flips: str = "off", refine: str = "off"
                       ) -> tuple[ModelMethod | None, str | None]:

@@ -64,6 +64,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nearest_value(text: str) -> int | str:
+    """``--nearest`` / ``--model-nearest``: a whole number >= 1, ``default`` or ``off``."""
+    if text in ("default", "off"):
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a whole number >= 1, 'default' or 'off'") from None
+
+
 def threshold_value(text: str) -> float | str:
     """``--threshold`` / ``--model-threshold``: a number in (0, 1) or ``auto``."""
     return _number_or_auto(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)",

@@ -14,7 +14,7 @@ import os
 from incontext.cli import (
     CLIError,
     add_device_argument,
-    positive_int,
+    nearest_value,
     threshold_value,
     tiles_value,
 )
@@ -86,9 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="grey rendering of colour tasks (indexes built with R, G, B): luma "
                         "(default), red, green, blue, fisher, or auto = chosen per task and "
                         "draw by segmenting supports from the others")
-    p.add_argument("--model-nearest", type=positive_int, default=None, metavar="K",
+    p.add_argument("--model-nearest", type=nearest_value, default=None, metavar="K",
                    help="run each query with only the K supports most like it (32 x 32 "
-                        "thumbnail correlation); default: all supports")
+                        "thumbnail correlation); 'default' = as segment does by default "
+                        "(16 with more than 16 supports); default here: all supports")
     p.add_argument("--model-hand-over", action="store_true",
                    help="per task and draw, let a supervised-unet trained on the supports "
                         "segment the queries when it beats the model on the supports "

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import argparse
 
-from incontext.cli import add_device_argument, positive_int, threshold_value, tiles_value
+from incontext.cli import (
+    add_device_argument,
+    nearest_value,
+    positive_int,
+    threshold_value,
+    tiles_value,
+)
 from incontext.cli.text_options import add_text_arguments
 from incontext.colour import COLOUR_CHOICES
 from incontext.ct_windows import CT_WINDOWS
@@ -65,11 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "green, blue, fisher (the supports' foreground/background channel mix) "
                         "or auto = chosen per label by segmenting supports from the others "
                         "(default: auto; grey images and volumes are unaffected)")
-    p.add_argument("--nearest", type=positive_int, default=None, metavar="K",
+    p.add_argument("--nearest", type=nearest_value, default=None, metavar="K",
                    help="2D: run each query with only the K supports most like it "
                         "(32 x 32 thumbnail correlation), chosen among all the supports "
-                        "unless --support-size is given; for large support sets (e.g. 16); "
-                        "default: all supports")
+                        "unless --support-size is given; off = all supports (at most 64 "
+                        "per pass); default: 16 when there are more than 16 supports")
     p.add_argument("--support-flips", choices=FLIP_CHOICES, default=None,
                    help="2D: add left-right, up-down and both-ways flipped copies of the "
                         "supports; on, off, or auto = per label where they segment the "

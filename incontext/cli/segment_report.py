@@ -46,6 +46,7 @@ class LabelChoice:
     hand_over: dict | None = None  # --hand-over: the model's and the U-Net's Dice compared
     flips: bool = False  # --support-flips: flipped copies of the supports were added
     refined: bool = False  # --refine: a pixel head fitted on the supports was used
+    nearest: int | None = None  # --nearest: each query with this many alike supports
 
 
 @dataclass
@@ -68,7 +69,8 @@ def label_choices(result, labels: list[int], hand_over=None) -> list[LabelChoice
                         result.support_dice[i], result.support_checks[i],
                         result.methods[i] if result.methods else "model", compared.get(v),
                         bool(result.flips[i]) if result.flips else False,
-                        bool(result.refined[i]) if result.refined else False)
+                        bool(result.refined[i]) if result.refined else False,
+                        getattr(result, "nearest", None))
             for i, v in enumerate(labels)]
 
 
@@ -117,6 +119,9 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
     refined = any(c.refined for c in choices)
     if refined:
         table.add_column("pixel head")
+    nearest = any(c.nearest for c in choices)
+    if nearest:
+        table.add_column("supports per query", justify="right")
     if compared:
         table.add_column("segmented by")
     for c in choices:
@@ -129,6 +134,8 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
             row.append("added" if c.flips else "no")
         if refined:
             row.append("used" if c.refined else "no")
+        if nearest:
+            row.append(f"{c.nearest} nearest" if c.nearest else "all")
         table.add_row(*row, *([_method_text(c)] if compared else []))
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]

@@ -196,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
     if supports.ndim == 3 and getattr(args, "refine", None) not in (None, "off", "default"):
         raise CLIError("--refine is for 2D images; volumes are segmented by the model alone "
                        "(leave it out)")
-    if supports.ndim == 3 and getattr(args, "nearest", None) is not None:
+    if supports.ndim == 3 and getattr(args, "nearest", None) not in (None, "off", "default"):
         raise CLIError("--nearest is for 2D images; volumes already pick support slices by "
                        "position (leave it out)")
     if getattr(args, "colour", None) is None:  # the default: chosen on the supports in 2D
