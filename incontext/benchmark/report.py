@@ -194,7 +194,8 @@ def write_plots(results: BenchmarkResults, out: Path) -> list[str]:
     ax.set_ylabel("Dice ×100 (mean over datasets)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # below the axes: inside, long method names covered the curves near the top
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     _save_figure(fig, out / "dice_vs_support.png")
     plt.close(fig)
     written.append("dice_vs_support.png")
