@@ -203,6 +203,10 @@ def test_model_method_nearest_default_follows_the_support_count():
     assert model.counts == [16, 8]
     off = ModelMethod(MeanSupportLabel(32), name="m", nearest="off")
     assert off.name == "m" and "nearest" not in off.describe()  # the same rows as before
+    model = _CountSupports(32)  # the benchmark's default stays all the supports
+    plain = ModelMethod(model, name="m")
+    plain.predict(si, sl, query, seed=0)
+    assert model.counts == [24] and plain.name == "m"
 
 
 def test_cli_nearest_takes_a_number_default_or_off():

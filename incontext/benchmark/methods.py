@@ -259,7 +259,9 @@ class ModelMethod:
         """The model's probabilities (no hand-over); ``record`` adds the choices made to
         ``chosen_colours``, ``chosen_thresholds`` and ``chosen_tiles`` (not for the
         hand-over's checks on parts of the supports)."""
-        self._runner.nearest = resolve_nearest(self.nearest, len(si))  # "default": by size
+        # "default": by the support count, as segment does; None here means all supports
+        self._runner.nearest = (resolve_nearest("default", len(si)) if self.nearest == "default"
+                                else self.nearest)
         name, si_t, qi_t, cal = self._render(si, sl, qi, support_colour, query_colour, seed)
         if record:
             if self._renders_colour(support_colour, query_colour):
