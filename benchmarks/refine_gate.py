@@ -92,9 +92,9 @@ def run_task(model, task, support_size: int, repeats: int,
         refined = torch.from_numpy(refine_probabilities(head, task.query_images,
                                                         prob_q.numpy(), task.query_colour))
         alts = {}
+        others = [[j for j in range(n) if j != i] for i in range(n)]
         for alt in alternatives:
             method = BASELINES[alt]()
-            others = [[j for j in range(n) if j != i] for i in range(n)]
             loo_alt = np.stack([method.predict(si.numpy()[o], sl.numpy()[o],
                                                si.numpy()[i:i + 1], seed=draw.seed)[0]
                                 for i, o in enumerate(others)])

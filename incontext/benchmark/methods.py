@@ -167,7 +167,7 @@ class ModelMethod:
             lambda q, s_img, s_lab: predict_probabilities(self.model, q, s_img, s_lab,
                                                           batch_size=self.batch_size,
                                                           tta=self.tta),
-            self.resolution, nearest=None if nearest == "default" else nearest)
+            self.resolution)  # its nearest is set per prediction (_predict_model)
 
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,8 @@ def positive_int(text: str) -> int:
 
 def nearest_value(text: str) -> int | str:
     """``--nearest`` / ``--model-nearest``: a whole number >= 1, ``default`` or ``off``."""
+    # incontext.support_selection.NEAREST_CHOICES, spelt out: that module imports torch,
+    # which the parser (incontext --help) does not need
     if text in ("default", "off"):
         return text
     try:
