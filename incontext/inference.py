@@ -456,7 +456,7 @@ def segment(
 
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,
-                      nearest=nearest)
+                      nearest=nearest, memo=True)  # the support checks repeat calls
 
     n_lab = len(wanted)
     n_q = len(queries)

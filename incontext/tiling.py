@@ -14,15 +14,17 @@ segments a few supports from the others with each candidate and keeps the better
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 
 from incontext.calibration import Calibration, support_calibration
 from incontext.support_selection import run_with_nearest
 
-__all__ = ["AUTO_TILES", "LARGE_IMAGE_FACTOR", "TiledRunner", "check_tiles", "choose_tiles",
-           "default_tiles", "is_auto", "predict_tiled", "resize_stack", "tile_calibration",
-           "tile_options", "tile_origins", "tiled_size"]
+__all__ = ["AUTO_TILES", "LARGE_IMAGE_FACTOR", "TiledRunner", "call_key", "check_tiles",
+           "choose_tiles", "default_tiles", "is_auto", "predict_tiled", "resize_stack",
+           "tile_calibration", "tile_options", "tile_origins", "tiled_size"]
 
 AUTO_TILES = (1, 2)  # what ``tiles="auto"`` chooses between; ``"autoG"``: 1 to G
 TILE_CHECKS = 4  # supports segmented from the others to choose a tiling
@@ -128,27 +130,63 @@ class TiledRunner:
     size, works at that working size and answers at the input size (what
     :func:`choose_tiles` needs to compare tilings). ``nearest`` = k gives each query only
     its k most similar supports (:func:`incontext.support_selection.run_with_nearest`).
+
+    With ``memo=True`` single-query calls are remembered by their inputs' contents (until
+    :meth:`forget`): the per-task choices (cut and rendering, flipped supports, pixel head)
+    each segment supports from the others, often the same support from the same others,
+    and a repeated call then costs a hash instead of a forward pass. ``predict`` must be
+    deterministic (the model in eval mode).
     """
 
-    def __init__(self, predict, resolution: int, nearest: int | None = None) -> None:
+    def __init__(self, predict, resolution: int, nearest: int | None = None,
+                 memo: bool = False) -> None:
         self.predict = predict
         self.resolution = resolution
         self.nearest = nearest
+        self._memo: dict[bytes, torch.Tensor] | None = {} if memo else None
+        self.memo_hits = 0  # single-query calls answered from the memo
+
+    def forget(self) -> None:
+        """Drop the remembered calls (a new support set, or memory to free)."""
+        if self._memo is not None:
+            self._memo.clear()
 
     def __call__(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
                  ) -> torch.Tensor:
+        key = None
+        if self._memo is not None and q.shape[0] == 1:
+            key = call_key(g, self.nearest, q, si, sl)
+            hit = self._memo.get(key)
+            if hit is not None:
+                self.memo_hits += 1
+                return hit.clone()
+
         def run(qs: torch.Tensor, s_img: torch.Tensor, s_lab: torch.Tensor) -> torch.Tensor:
             if g == 1:
                 return self.predict(qs, s_img, s_lab)
             return predict_tiled(self.predict, qs, s_img, s_lab, self.resolution)
 
-        return run_with_nearest(run, self.nearest)(q, si, sl)
+        out = run_with_nearest(run, self.nearest)(q, si, sl)
+        if key is not None:
+            self._memo[key] = out.clone()  # type: ignore[index]  # memo is on
+        return out
 
     def resized(self, g: int, q: torch.Tensor, si: torch.Tensor, sl: torch.Tensor
                 ) -> torch.Tensor:
         w = tiled_size(self.resolution, g)
         prob = self(g, resize_stack(q, w), resize_stack(si, w), resize_stack(sl, w))
         return resize_stack(prob, tuple(q.shape[-2:]))
+
+
+def call_key(tiles: int, nearest: int | None, *tensors: torch.Tensor) -> bytes:
+    """A digest of a call's settings and its tensors' dtypes, shapes and values: equal
+    digests mean equal inputs (BLAKE2b, 128 bits)."""
+    h = hashlib.blake2b(repr((int(tiles), nearest)).encode(), digest_size=16)
+    for t in tensors:
+        array = t.detach().cpu().contiguous().numpy()
+        h.update(repr((array.dtype.str, array.shape)).encode())
+        h.update(array.data)
+    return h.digest()
 
 
 def resize_stack(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -172,3 +172,75 @@ def test_auto_with_a_larger_grid_is_parsed_and_used():
     assert res.tiles[0] in (1, 2, 3)
     with pytest.raises(SupportSetError, match="tiles must be"):
         segment(MeanSupportLabel(16), images[0], images[1:], [label] * 3, tiles="auto1")
+
+
+def test_runner_memo_answers_a_repeated_single_query_call_without_predicting():
+    from incontext.tiling import TiledRunner
+
+    calls = []
+
+    def predict(q, si, sl):
+        calls.append(q.shape[0])
+        return q * 0 + sl.mean(dim=0)
+
+    rng = np.random.default_rng(1)
+    q = torch.from_numpy(rng.random((1, 16, 16)).astype(np.float32))
+    si = torch.from_numpy(rng.random((3, 16, 16)).astype(np.float32))
+    sl = torch.from_numpy((rng.random((3, 16, 16)) > 0.5).astype(np.float32))
+    runner = TiledRunner(predict, 16, memo=True)
+    first = runner(1, q, si, sl)
+    again = runner(1, q.clone(), si.clone(), sl.clone())  # equal contents, new tensors
+    assert torch.equal(first, again) and len(calls) == 1 and runner.memo_hits == 1
+    again += 1  # the caller's copy: the remembered answer is unchanged
+    assert torch.equal(runner(1, q, si, sl), first) and len(calls) == 1
+    # any change of input, label or setting is a new call
+    runner(1, q, si, 1 - sl)
+    runner(1, q, si[:2], sl[:2])
+    runner.nearest = 2
+    runner(1, q, si, sl)
+    assert len(calls) == 4
+    # several queries are never remembered (the queries' own pass), nor without memo
+    both = torch.cat([q, q])
+    runner(1, both, si, sl)
+    runner(1, both, si, sl)
+    assert len(calls) == 6
+    plain = TiledRunner(predict, 16)
+    plain(1, q, si, sl)
+    plain(1, q, si, sl)
+    assert len(calls) == 8 and plain.memo_hits == 0
+    runner.forget()
+    runner(1, q, si, sl)
+    assert len(calls) == 9
+
+
+def test_segment_gives_the_same_answer_with_and_without_the_memo(monkeypatch):
+    from fake_models import MeanSupportImage
+
+    import incontext.inference as inference
+    from incontext.tiling import TiledRunner
+
+    rng = np.random.default_rng(2)
+    images = rng.random((8, 40, 40)).astype(np.float32)
+    labels = (images > 0.6).astype(np.uint8)
+    model = MeanSupportImage(resolution=32)
+    counted: list[TiledRunner] = []
+
+    class Counted(TiledRunner):
+        memo_on = True
+
+        def __init__(self, *args, memo=False, **kwargs):
+            super().__init__(*args, memo=Counted.memo_on and memo, **kwargs)
+            counted.append(self)
+
+    monkeypatch.setattr(inference, "TiledRunner", Counted)
+    with_memo = segment(model, images[6:], images[:6], labels[:6], threshold="auto",
+                        refine="auto")
+    assert counted[-1].memo_hits > 0  # the head's checks repeat the cut's
+    Counted.memo_on = False
+    without = segment(model, images[6:], images[:6], labels[:6], threshold="auto",
+                      refine="auto")
+    assert counted[-1].memo_hits == 0
+    for a, b in zip(with_memo, without, strict=True):
+        assert np.array_equal(a.probabilities, b.probabilities)
+        assert np.array_equal(a.mask, b.mask)
+        assert a.thresholds == b.thresholds and a.refined == b.refined

@@ -167,7 +167,7 @@ class ModelMethod:
             lambda q, s_img, s_lab: predict_probabilities(self.model, q, s_img, s_lab,
                                                           batch_size=self.batch_size,
                                                           tta=self.tta),
-            self.resolution)  # its nearest is set per prediction (_predict_model)
+            self.resolution, memo=True)  # nearest set and memo cleared per prediction
 
     def _run(self, tiles: int, queries: torch.Tensor, support_images: torch.Tensor,
              support_labels: torch.Tensor) -> torch.Tensor:
@@ -259,6 +259,7 @@ class ModelMethod:
         """The model's probabilities (no hand-over); ``record`` adds the choices made to
         ``chosen_colours``, ``chosen_thresholds`` and ``chosen_tiles`` (not for the
         hand-over's checks on parts of the supports)."""
+        self._runner.forget()  # remembered support checks belong to one prediction
         # "default": by the support count, as segment does; None here means all supports
         self._runner.nearest = (resolve_nearest("default", len(si)) if self.nearest == "default"
                                 else self.nearest)
