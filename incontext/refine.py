@@ -33,9 +33,10 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports this module
     import torch
 
-__all__ = ["MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES", "PixelHead",
-           "RefineCheck", "check_refine", "choose_refine", "default_refine", "fit_pixel_head",
-           "hessian_eigenvalues", "pixel_features", "refine_probabilities", "resolve_refine"]
+__all__ = ["AveragedHeads", "MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES",
+           "PixelHead", "RefineCheck", "check_refine", "choose_refine", "default_refine",
+           "fit_pixel_head", "hessian_eigenvalues", "pixel_features", "refine_probabilities",
+           "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
@@ -144,6 +145,17 @@ class PixelHead:
             return torch.sigmoid(self.net(x)[:, 0]).numpy()
 
 
+@dataclass
+class AveragedHeads:
+    """Several fitted heads whose probabilities are averaged (the same ``predict``)."""
+
+    heads: tuple[PixelHead, ...]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(P, F) features -> (P,) the heads' mean foreground probability."""
+        return np.mean([h.predict(features) for h in self.heads], axis=0).astype(np.float32)
+
+
 def fit_pixel_head(features: np.ndarray, targets: np.ndarray, seed: int = 0,
                    steps: int = HEAD_STEPS) -> PixelHead:
     """Fit a :class:`PixelHead` on (P, F) ``features`` and (P,) binary ``targets`` (binary
@@ -203,14 +215,18 @@ class RefineCheck:
     (2-fold cross-validated on them, at ``cut``, the best of the cuts tried on those
     predictions); both None when nothing was checked (``"on"``, or fewer than 2
     supports). ``head`` is fitted on all of them when used; its probabilities are cut at
-    ``cut``."""
+    ``cut``. ``folds_kept``: with ``"auto"``, that fit scored below ``fitted`` on its own
+    supports at ``cut`` (a failed fit: it should do better on supports it has seen than
+    the fold heads on those they have not), so ``head`` is the two cross-validated fold
+    heads averaged instead, the heads the check scored."""
 
     use: bool
     model: float | None = None
     fitted: float | None = None
     supports: int = 0
-    head: PixelHead | None = None
+    head: PixelHead | AveragedHeads | None = None
     cut: float = 0.5
+    folds_kept: bool = False
 
 
 def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
@@ -251,21 +267,29 @@ def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
         model_dice = float(dice_at(torch.from_numpy(prob), torch.from_numpy(truth), cut).mean())
         fold = np.arange(len(chosen)) % 2
         held_out = np.zeros_like(truth)  # each support's head probabilities from the other fold
+        fold_heads = []
         for f in (0, 1):
             train = np.repeat(fold != f, pixels)
-            head = fit_pixel_head(feats[train], truth.reshape(-1)[train], seed)
-            held_out[fold == f] = head.predict(feats[~train]).reshape(-1, *img.shape[1:])
+            fold_heads.append(fit_pixel_head(feats[train], truth.reshape(-1)[train], seed))
+            held_out[fold == f] = fold_heads[-1].predict(feats[~train]).reshape(
+                -1, *img.shape[1:])
         scores = {float(t): float(dice_at(torch.from_numpy(held_out), torch.from_numpy(truth),
                                           float(t)).mean()) for t in head_cuts}
         head_cut = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))
         head_dice = scores[head_cut]
         use = head_dice > model_dice
     head = fit_pixel_head(feats, truth.reshape(-1), seed) if use else None
+    folds_kept = False
+    if head is not None and mode == "auto":  # a failed fit must not reach the queries
+        seen = head.predict(feats).reshape(truth.shape)
+        if float(dice_at(torch.from_numpy(seen), torch.from_numpy(truth),
+                         head_cut).mean()) < head_dice:
+            head, folds_kept = AveragedHeads(tuple(fold_heads)), True
     return RefineCheck(use, model_dice, head_dice, len(chosen), head,
-                       head_cut if use and mode == "auto" else 0.5)
+                       head_cut if use and mode == "auto" else 0.5, folds_kept)
 
 
-def refine_probabilities(head: PixelHead, images: np.ndarray, probs: np.ndarray,
+def refine_probabilities(head: PixelHead | AveragedHeads, images: np.ndarray, probs: np.ndarray,
                          colour: np.ndarray | None = None) -> np.ndarray:
     """The head's foreground probabilities (Q, H, W) for (Q, H, W) grey ``images`` and the
     model's ``probs`` on them, with (Q, 3, H, W) ``colour`` where the head was fitted on

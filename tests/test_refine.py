@@ -87,6 +87,36 @@ def test_auto_uses_the_head_where_it_beats_the_model_on_the_supports():
     cuts = choose_refine(_mean_label, torch.from_numpy(images), torch.from_numpy(labels),
                          cut=0.5, mode="auto", head_cuts=THRESHOLD_GRID)
     assert cuts.use and cuts.cut in THRESHOLD_GRID and cuts.fitted >= check.fitted
+    assert not check.folds_kept and not cuts.folds_kept  # the fit on all supports is sound
+
+
+def test_a_failed_fit_on_all_the_supports_falls_back_to_the_checked_fold_heads(monkeypatch):
+    import incontext.refine as refine
+
+    images, labels = _blob_task(8)
+    fits = []
+
+    def fit_then_fail(features, targets, seed=0, steps=refine.HEAD_STEPS):
+        head = fit_pixel_head(features, targets, seed, steps)
+        fits.append(head)
+        if len(fits) == 3:  # the fit on all the supports, after the two folds: it failed
+            with torch.no_grad():
+                last = head.net[-1]
+                last.weight.zero_()
+                last.bias.fill_(-8.0)  # predicts background everywhere
+        return head
+
+    monkeypatch.setattr(refine, "fit_pixel_head", fit_then_fail)
+    check = choose_refine(_mean_label, torch.from_numpy(images), torch.from_numpy(labels),
+                          cut=0.5, mode="auto")
+    assert len(fits) == 3 and check.use and check.folds_kept
+    assert isinstance(check.head, refine.AveragedHeads) and check.head.heads == tuple(fits[:2])
+    queries, truth = _blob_task(3, seed=1)
+    out = refine_probabilities(check.head, queries, np.full_like(queries, 0.5))
+    feats = pixel_features(queries[0], np.full_like(queries[0], 0.5))
+    np.testing.assert_allclose(out[0].ravel(), (fits[0].predict(feats) + fits[1].predict(feats))
+                               / 2, rtol=1e-6)
+    assert float(np.mean(dice(out >= 0.5, truth >= 0.5))) > 0.8  # not the failed head's nothing
 
 
 def test_auto_keeps_a_model_that_is_already_right():
