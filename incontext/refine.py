@@ -33,14 +33,17 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI parser imports this module
     import torch
 
-__all__ = ["AveragedHeads", "MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS", "REFINE_CHOICES",
-           "PixelHead", "RefineCheck", "check_refine", "choose_refine", "default_refine",
-           "fit_pixel_head", "hessian_eigenvalues", "pixel_features", "refine_probabilities",
-           "resolve_refine"]
+__all__ = ["AveragedHeads", "FAILED_FIT_MARGIN", "MAX_REFINE_SUPPORTS", "MIN_REFINE_SUPPORTS",
+           "REFINE_CHOICES", "PixelHead", "RefineCheck", "check_refine", "choose_refine",
+           "default_refine", "fit_pixel_head", "hessian_eigenvalues", "pixel_features",
+           "refine_probabilities", "resolve_refine"]
 
 REFINE_CHOICES: tuple[str, ...] = ("off", "on", "auto", "default")  # default: see below
 MAX_REFINE_SUPPORTS = 16  # supports segmented from the others to fit the head on
 MIN_REFINE_SUPPORTS = 2  # fewer: nothing to fit and check the head on
+# the head fitted on all the checked supports has failed when its Dice on them falls this
+# far below the 2-fold Dice (a small shortfall is the fold heads' cut not suiting it)
+FAILED_FIT_MARGIN = 0.1
 HEAD_STEPS = 300  # Adam steps of the head on batches of HEAD_BATCH support pixels
 HEAD_BATCH = 4096
 HEAD_HIDDEN = 32
@@ -215,10 +218,11 @@ class RefineCheck:
     (2-fold cross-validated on them, at ``cut``, the best of the cuts tried on those
     predictions); both None when nothing was checked (``"on"``, or fewer than 2
     supports). ``head`` is fitted on all of them when used; its probabilities are cut at
-    ``cut``. ``folds_kept``: with ``"auto"``, that fit scored below ``fitted`` on its own
-    supports at ``cut`` (a failed fit: it should do better on supports it has seen than
-    the fold heads on those they have not), so ``head`` is the two cross-validated fold
-    heads averaged instead, the heads the check scored."""
+    ``cut``. With ``"auto"``, ``seen`` is that fit's Dice on its own supports at ``cut``;
+    ``folds_kept``: it fell more than :data:`FAILED_FIT_MARGIN` below ``fitted`` (a failed
+    fit: it should do better on supports it has seen than the fold heads on those they have
+    not), so ``head`` is the two cross-validated fold heads averaged instead, the heads the
+    check scored."""
 
     use: bool
     model: float | None = None
@@ -226,6 +230,7 @@ class RefineCheck:
     supports: int = 0
     head: PixelHead | AveragedHeads | None = None
     cut: float = 0.5
+    seen: float | None = None
     folds_kept: bool = False
 
 
@@ -279,14 +284,15 @@ def choose_refine(predict: Predict, images: torch.Tensor, labels: torch.Tensor,
         head_dice = scores[head_cut]
         use = head_dice > model_dice
     head = fit_pixel_head(feats, truth.reshape(-1), seed) if use else None
-    folds_kept = False
+    seen_dice, folds_kept = None, False
     if head is not None and mode == "auto":  # a failed fit must not reach the queries
         seen = head.predict(feats).reshape(truth.shape)
-        if float(dice_at(torch.from_numpy(seen), torch.from_numpy(truth),
-                         head_cut).mean()) < head_dice:
+        seen_dice = float(dice_at(torch.from_numpy(seen), torch.from_numpy(truth),
+                                  head_cut).mean())
+        if seen_dice < head_dice - FAILED_FIT_MARGIN:
             head, folds_kept = AveragedHeads(tuple(fold_heads)), True
     return RefineCheck(use, model_dice, head_dice, len(chosen), head,
-                       head_cut if use and mode == "auto" else 0.5, folds_kept)
+                       head_cut if use and mode == "auto" else 0.5, seen_dice, folds_kept)
 
 
 def refine_probabilities(head: PixelHead | AveragedHeads, images: np.ndarray, probs: np.ndarray,

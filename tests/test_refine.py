@@ -88,6 +88,7 @@ def test_auto_uses_the_head_where_it_beats_the_model_on_the_supports():
                          cut=0.5, mode="auto", head_cuts=THRESHOLD_GRID)
     assert cuts.use and cuts.cut in THRESHOLD_GRID and cuts.fitted >= check.fitted
     assert not check.folds_kept and not cuts.folds_kept  # the fit on all supports is sound
+    assert check.seen >= check.fitted  # it does better on supports it has seen
 
 
 def test_a_failed_fit_on_all_the_supports_falls_back_to_the_checked_fold_heads(monkeypatch):
@@ -110,6 +111,7 @@ def test_a_failed_fit_on_all_the_supports_falls_back_to_the_checked_fold_heads(m
     check = choose_refine(_mean_label, torch.from_numpy(images), torch.from_numpy(labels),
                           cut=0.5, mode="auto")
     assert len(fits) == 3 and check.use and check.folds_kept
+    assert check.seen < check.fitted - refine.FAILED_FIT_MARGIN
     assert isinstance(check.head, refine.AveragedHeads) and check.head.heads == tuple(fits[:2])
     queries, truth = _blob_task(3, seed=1)
     out = refine_probabilities(check.head, queries, np.full_like(queries, 0.5))
