@@ -3,10 +3,13 @@
 One generated task (colour discs on textured background, ``--size`` pixels square):
 ``--queries`` query images against N supports, with the settings users run:
 
-* ``plain``   fixed cut 0.5, luma, whole image (one forward pass per query batch);
-* ``default`` cut and colour rendering chosen on the supports, whole image (the 2D
-  defaults for images under twice the model's size; larger ones also get
-  ``tiles="auto"`` by default since session 14, which this mode fixes at 1);
+* ``plain``   fixed cut 0.5, luma, whole image, no flipped supports and no pixel head
+  (one forward pass per query batch, no support checks);
+* ``default`` what ``segment`` chooses on the supports by default: the cut and colour
+  rendering, flipped supports (up to 4 supports; session 25) and the pixel head
+  (session 26), whole image (the 2D defaults for images under twice the model's size;
+  larger ones also get ``tiles="auto"`` by default since session 14, which this mode
+  fixes at 1);
 * ``tiles2``  ``default`` plus 2 x 2 tiles (9 passes per query; thin structures);
 * ``nearest16`` ``default``, each query (and each support check) with its 16 nearest
   supports (``--nearest 16``; ``segment``'s default above 16 supports since session 29;
@@ -37,9 +40,12 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # every mode but nearest16 runs all the supports (at most 64) per pass, as the results
-# files measured before the 16 nearest became segment's default above 16 (session 29)
+# files measured before the 16 nearest became segment's default above 16 (session 29);
+# the files before session 30 measured "default" before segment had flipped supports
+# (session 25) and the pixel head (session 26)
 MODES: dict[str, dict] = {
-    "plain": {"threshold": 0.5, "colour": "luma", "tiles": 1, "nearest": "off"},
+    "plain": {"threshold": 0.5, "colour": "luma", "tiles": 1, "nearest": "off",
+              "support_flips": "off", "refine": "off"},
     "default": {"threshold": "auto", "colour": "auto", "tiles": 1, "nearest": "off"},
     "tiles2": {"threshold": "auto", "colour": "auto", "tiles": 2, "nearest": "off"},
     "nearest16": {"threshold": "auto", "colour": "auto", "tiles": 1, "nearest": 16},
