@@ -122,3 +122,39 @@ def test_sobel_edge_label():
 def test_disabled_returns_episode_unchanged():
     ep = episode()
     assert EpisodeAugmenter(AugmentConfig(enabled=False))(ep, np.random.default_rng(0)) is ep
+
+
+def test_intensity_curve_is_one_map_shared_by_the_episode():
+    ep = episode(seed=3)
+    images, labels = stack(ep)
+    out_images, out_labels = stack(EpisodeAugmenter(only({"intensity_curve_p": 1.0}))(
+        ep, np.random.default_rng(7)))
+    np.testing.assert_array_equal(out_labels, labels)  # labels untouched
+    assert out_images.min() >= 0.0 and out_images.max() <= 1.0
+    assert not np.allclose(out_images, images)
+    # one function of intensity for every entry: equal inputs give equal outputs
+    flat_in, flat_out = images.ravel(), out_images.ravel()
+    order = np.argsort(flat_in, kind="stable")
+    same = np.diff(flat_in[order]) == 0
+    assert same.any()
+    np.testing.assert_allclose(np.diff(flat_out[order])[same], 0.0, atol=1e-6)
+
+
+def test_intensity_curve_off_leaves_the_random_stream_as_before():
+    ep = episode(seed=4)
+    cfg = AugmentConfig()
+    assert cfg.task.intensity_curve_p == 0.0  # off by default: older runs replay unchanged
+    a = EpisodeAugmenter(cfg)(ep, np.random.default_rng(11))
+    b = EpisodeAugmenter(AugmentConfig(task=dataclasses.replace(
+        cfg.task, intensity_curve_knots=(2, 2))))(ep, np.random.default_rng(11))
+    np.testing.assert_array_equal(stack(a)[0], stack(b)[0])
+
+
+def test_intensity_curve_knots_are_checked(tmp_path):
+    from incontext.training.config import ConfigError, load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text("steps = 1\n[augment.task]\nintensity_curve_p = 0.5\n"
+                    "intensity_curve_knots = [1, 4]\n")
+    with pytest.raises(ConfigError, match="intensity_curve_knots"):
+        load_config(path)

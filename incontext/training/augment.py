@@ -1,9 +1,9 @@
 """Episode augmentation (UniverSeg appendix): task-level and in-task, with albumentations.
 
 * **task-level**: one random draw per episode, applied identically to the query
-  and every support entry (intensity flip, label flip, horizontal/vertical flip,
-  Sobel-edge label, affine, brightness/contrast, elastic warp, blur, noise,
-  sharpness);
+  and every support entry (random intensity curve, off by default; intensity flip,
+  label flip, horizontal/vertical flip, Sobel-edge label, affine, brightness/contrast,
+  elastic warp, blur, noise, sharpness);
 * **in-task**: drawn independently for every entry (affine, brightness/contrast,
   blur, noise, sharpness, elastic warp).
 
@@ -101,6 +101,15 @@ def sobel_edges(label: np.ndarray) -> np.ndarray:
     return (np.hypot(gx, gy) > 1e-6).astype(np.float32)
 
 
+def intensity_curve(rng: np.random.Generator, knots: tuple[int, int]):
+    """A random piecewise-linear map of [0, 1]: ``k`` evenly spaced knots (``k`` drawn in
+    ``knots``, inclusive) with values uniform in [0, 1]. Returns ``curve(array) -> array``."""
+    k = int(rng.integers(knots[0], knots[1] + 1))
+    xs = np.linspace(0.0, 1.0, k)
+    ys = rng.uniform(0.0, 1.0, k)
+    return lambda a: np.interp(a, xs, ys).astype(np.float32)
+
+
 def _run(transform: A.BasicTransform, seed: int, image: np.ndarray,
          mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     transform.set_random_seed(seed)
@@ -131,6 +140,8 @@ class EpisodeAugmenter:
         labels = labels.astype(np.uint8)
         task = self.config.task
         # task level: label-only and intensity ops, then albumentations with one shared seed
+        if task.intensity_curve_p > 0 and rng.random() < task.intensity_curve_p:
+            images = intensity_curve(rng, task.intensity_curve_knots)(images)
         if rng.random() < task.sobel_edges_p:
             labels = np.stack([sobel_edges(lab) for lab in labels]).astype(np.uint8)
         if rng.random() < task.label_flip_p:

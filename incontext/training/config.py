@@ -80,9 +80,14 @@ class DataConfig:
 class TaskAugmentConfig:
     """Task-level augmentation: one draw applied identically to query and support.
 
-    Each ``*_p`` is a probability; ranges are ``[low, high]``.
+    Each ``*_p`` is a probability; ranges are ``[low, high]``. ``intensity_curve_p``
+    passes every image of the episode through one random piecewise-linear intensity
+    curve (``intensity_curve_knots`` evenly spaced knots, values uniform in [0, 1], so
+    usually non-monotone): an appearance no other transform here produces. Off by default.
     """
 
+    intensity_curve_p: float = 0.0
+    intensity_curve_knots: tuple[int, int] = (3, 8)
     intensity_flip_p: float = 0.5
     label_flip_p: float = 0.5
     hflip_p: float = 0.5
@@ -352,6 +357,9 @@ def _check_values(cfg: TrainConfig) -> None:
                 prob(value, key)
             elif isinstance(value, tuple):
                 ordered(value, key)
+        knots = getattr(aug, "intensity_curve_knots", (2, 2))
+        if knots[0] < 2:
+            raise ConfigError(f"{section}.intensity_curve_knots must be >= 2, got {list(knots)}")
         if aug.blur_kernel < 3 or aug.blur_kernel % 2 == 0:
             raise ConfigError(f"{section}.blur_kernel must be an odd integer >= 3, "
                               f"got {aug.blur_kernel}")
