@@ -83,6 +83,36 @@ def render(rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.clip((grey - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def support_renderings(names: Sequence[str], support_grey: np.ndarray, support_rgb: np.ndarray,
+                       support_labels: np.ndarray) -> dict[str, tuple[np.ndarray, object]]:
+    """{name: (support (S, H, W), how)} for each rendering in ``names``; ``how`` is what
+    :func:`render_query` needs to render queries the same way (the Fisher weights, the
+    channel). ``fisher`` is left out when the supports have no foreground or background."""
+    out: dict[str, tuple[np.ndarray, object]] = {}
+    for name in names:
+        if name == "luma":
+            out[name] = (np.asarray(support_grey, np.float32), None)
+        elif name in _CHANNEL:
+            out[name] = (np.ascontiguousarray(support_rgb[:, _CHANNEL[name]]), _CHANNEL[name])
+        elif name == "fisher":
+            w = fisher_weights(support_rgb, support_labels)
+            if w is not None:
+                out[name] = (render(support_rgb, w), w)
+        else:
+            raise ValueError(f"unknown rendering {name!r}; choose from {', '.join(RENDERINGS)}")
+    return out
+
+
+def render_query(name: str, how: object, query_grey: np.ndarray,
+                 query_rgb: np.ndarray) -> np.ndarray:
+    """Queries (Q, H, W) rendered as ``support_renderings`` rendered the supports."""
+    if name == "luma":
+        return np.asarray(query_grey, np.float32)
+    if name in _CHANNEL:
+        return np.ascontiguousarray(query_rgb[:, int(how)])
+    return render(query_rgb, np.asarray(how))
+
+
 def renderings(names: Sequence[str], support_grey: np.ndarray, query_grey: np.ndarray,
                support_rgb: np.ndarray, query_rgb: np.ndarray, support_labels: np.ndarray
                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -91,21 +121,9 @@ def renderings(names: Sequence[str], support_grey: np.ndarray, query_grey: np.nd
     ``luma`` is the grey images as given; ``fisher`` is left out when the supports have
     no foreground or no background.
     """
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in names:
-        if name == "luma":
-            out[name] = (np.asarray(support_grey, np.float32), np.asarray(query_grey, np.float32))
-        elif name in _CHANNEL:
-            c = _CHANNEL[name]
-            out[name] = (np.ascontiguousarray(support_rgb[:, c]),
-                         np.ascontiguousarray(query_rgb[:, c]))
-        elif name == "fisher":
-            w = fisher_weights(support_rgb, support_labels)
-            if w is not None:
-                out[name] = (render(support_rgb, w), render(query_rgb, w))
-        else:
-            raise ValueError(f"unknown rendering {name!r}; choose from {', '.join(RENDERINGS)}")
-    return out
+    return {name: (support, render_query(name, how, query_grey, query_rgb))
+            for name, (support, how) in support_renderings(
+                names, support_grey, support_rgb, support_labels).items()}
 
 
 def choose_rendering(scores: Mapping[str, float | None], margin: float = COLOUR_MARGIN) -> str:

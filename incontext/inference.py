@@ -23,7 +23,13 @@ from incontext.calibration import (
     rescale_to_threshold,
     support_calibration,
 )
-from incontext.colour import DEFAULT_COLOUR, candidates, check_colour, choose_rendering, renderings
+from incontext.colour import (
+    DEFAULT_COLOUR,
+    candidates,
+    check_colour,
+    choose_rendering,
+    render_query,
+)
 from incontext.device import default_batch_size
 from incontext.preprocessing import (
     PreprocessingError,
@@ -37,7 +43,13 @@ from incontext.preprocessing import (
     to_grayscale,
 )
 from incontext.refine import check_refine, choose_refine, refine_probabilities, resolve_refine
-from incontext.support_cache import PreparedSupports, cached, keep, support_key
+from incontext.support_cache import (
+    PreparedSupports,
+    cached,
+    keep,
+    rendered_supports,
+    support_key,
+)
 from incontext.support_flips import (
     check_support_flips,
     choose_support_flips,
@@ -488,8 +500,8 @@ def segment(
             s_use, q_use, name, cal = s_by, q_by, DEFAULT_COLOUR, None
             if use_colour:  # grey renderings of this label's task, the best one on the supports
                 names = (known[2],) if known is not None else candidates(colour)
-                rend = {g: renderings(names, s_by[g].numpy(), q_by[g].numpy(),
-                                      rgb_s[g], rgb_q[g], soft[g].numpy()) for g in options}
+                rend = {g: rendered_supports(prepared, value, g, names, rgb_s[g], soft[g])
+                        for g in options}  # kept with the supports for the next call
                 names = [n for n in rend[big] if all(n in rend[g] for g in options)]
                 if names:
                     s_rend = {n: {g: torch.from_numpy(rend[g][n][0]) for g in options}
@@ -500,7 +512,8 @@ def segment(
                             run, names, s_rend, soft, first, options,
                             THRESHOLD_GRID if auto_threshold else (base_cut,), seed)
                     s_use = s_rend[name]
-                    q_use = {g: torch.from_numpy(rend[g][name][1]) for g in options}
+                    q_use = {g: torch.from_numpy(render_query(
+                        name, rend[g][name][1], q_by[g].numpy(), rgb_q[g])) for g in options}
             estimate: tuple[float | None, int] = (None, 0)
             if known is not None:  # chosen by an earlier call with the same supports
                 g_lab, t_lab, estimate = int(known[0]), float(known[1]), known[3]

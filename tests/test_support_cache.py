@@ -89,3 +89,29 @@ def test_bad_supports_still_fail_clearly_with_reuse(model):
     labels[1] = labels[1][:-1]
     with pytest.raises(inference.SupportSetError, match="support pair 1"):
         segment(model, queries[0], images, labels, reuse={})
+
+
+def test_fisher_rendering_of_the_supports_computed_once(model, monkeypatch):
+    import incontext.colour as colour
+
+    images, labels, queries = _task(2)
+    calls = []
+    original = colour.fisher_weights
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(colour, "fisher_weights", counted)
+    fresh = [segment(model, q, images, labels, colour="fisher", threshold=0.5)
+             for q in queries]
+    assert len(calls) == len(queries)  # without reuse: once per call
+    calls.clear()
+    reuse: dict = {}
+    kept = [segment(model, q, images, labels, reuse=reuse, colour="fisher", threshold=0.5)
+            for q in queries]
+    assert len(calls) == 1  # with reuse: once for the support set
+    assert "fisher" in reuse[CACHE_KEY].rendered[(2, 1)]
+    for a, b in zip(fresh, kept, strict=True):
+        assert a.colours == b.colours == ["fisher"]
+        np.testing.assert_array_equal(a.probabilities, b.probabilities)
