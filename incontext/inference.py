@@ -466,9 +466,12 @@ def segment(
     support_flips = resolve_support_flips(support_flips, k, nearest)  # None: the default
     refine = resolve_refine(refine, k)
 
+    # the support checks repeat calls, so remember them; a call whose every label reuses
+    # earlier choices runs no checks and would only pay for the keys
+    checks = reuse is None or any(reuse.get(v) is None for v in wanted if v in present)
     run = TiledRunner(lambda a, b, c: predict_probabilities(model, a, b, c, batch_size=batch_size,
                                                             tta=tta), resolution,
-                      nearest=nearest, memo=True)  # the support checks repeat calls
+                      nearest=nearest, memo=checks)
 
     n_lab = len(wanted)
     n_q = len(queries)
