@@ -30,15 +30,16 @@ def model():
     return UniverSeg(encoder_widths=(8, 8), resolution=32).eval()
 
 
-def _counting(monkeypatch):
+def _counting(monkeypatch, module=inference, name: str = "_prepare_supports"):
+    """A list that grows by one at each call of ``module.name`` (supports prepared)."""
     calls = []
-    original = inference._prepare_supports
+    original = getattr(module, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "_prepare_supports", counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
 
 
@@ -95,14 +96,7 @@ def test_fisher_rendering_of_the_supports_computed_once(model, monkeypatch):
     import incontext.colour as colour
 
     images, labels, queries = _task(2)
-    calls = []
-    original = colour.fisher_weights
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(colour, "fisher_weights", counted)
+    calls = _counting(monkeypatch, colour, "fisher_weights")
     fresh = [segment(model, q, images, labels, colour="fisher", threshold=0.5)
              for q in queries]
     assert len(calls) == len(queries)  # without reuse: once per call
