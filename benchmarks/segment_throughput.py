@@ -18,7 +18,9 @@ One generated task (colour discs on textured background, ``--size`` pixels squar
 Each row is timed three ways: a cold call (support-set checks for the choices, then the
 queries), a warm call that reuses those choices (``reuse=``), i.e. the cost per query
 when a support set labels many images at once, and one call per query with ``reuse=``
-(*per file*: what ``incontext segment`` does for a folder). Times are wall-clock medians
+(*per file*: what ``incontext segment`` does for a folder, its supports held as read-only
+arrays and fingerprinted once, ``support_cache.SUPPORTS_FIXED``; before session 31's
+``segment_throughput-cpu-s31f*.json`` every call fingerprinted them). Times are wall-clock medians
 of ``--repeats``.
 
     python benchmarks/segment_throughput.py                   # --device auto
@@ -73,10 +75,13 @@ def time_mode(model, queries: np.ndarray, supports: np.ndarray, labels: np.ndarr
               settings: dict, repeats: int, batch_size: int | None) -> dict:
     """Median cold (with support checks) and warm (choices reused) seconds for all queries."""
     from incontext import segment
+    from incontext.support_cache import SUPPORTS_FIXED
 
+    # as `incontext segment` holds them: one read-only array per support, fingerprinted once
+    supports, labels = _read_only(supports), _read_only(labels)
     cold, warm, per_file, choices = [], [], [], None
     for _ in range(repeats):
-        reuse: dict = {}
+        reuse: dict = {SUPPORTS_FIXED: True}
         t0 = time.perf_counter()
         out = segment(model, queries, supports, labels, reuse=reuse, batch_size=batch_size,
                       **settings)
@@ -100,6 +105,13 @@ def time_mode(model, queries: np.ndarray, supports: np.ndarray, labels: np.ndarr
             "ms_per_file": 1e3 * statistics.median(per_file),
             "foreground_fraction": float(np.mean([o.mask.mean() > 0 for o in out])),
             "choices": choices}
+
+
+def _read_only(stack: np.ndarray) -> list[np.ndarray]:
+    arrays = [a.copy() for a in stack]
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 
 
 def cpu_name() -> str:

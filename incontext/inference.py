@@ -46,9 +46,9 @@ from incontext.refine import check_refine, choose_refine, refine_probabilities, 
 from incontext.support_cache import (
     PreparedSupports,
     cached,
+    fingerprint,
     keep,
     rendered_supports,
-    support_key,
 )
 from incontext.support_flips import (
     check_support_flips,
@@ -437,9 +437,9 @@ def segment(
     use_colour = colour != DEFAULT_COLOUR and any(
         colour_channels(im) is not None for im in (*queries, *s_images))
     wanted_arg = None if labels is None else tuple(int(v) for v in labels)
-    key = None if reuse is None else support_key(
-        s_images, s_labels, (sizes, modality, _window_key(window), supports_normalized,
-                             use_colour, wanted_arg))
+    key = None if reuse is None else fingerprint(
+        reuse, s_images, s_labels, (sizes, modality, _window_key(window), supports_normalized,
+                                    use_colour, wanted_arg))
     prepared = cached(reuse, key)
     if prepared is None:  # check, normalise and resize the supports (kept for the next call)
         prepared = _prepare_supports(s_images, s_labels, sizes, modality, window,

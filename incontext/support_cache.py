@@ -6,7 +6,10 @@ supports of 512 × 512 pixels that is longer than the model's own work on the CP
 nearly all of the time on a GPU). With ``segment(..., reuse=d)`` the preprocessed
 supports are kept in ``d`` under :data:`CACHE_KEY`, next to each label's choices, and
 used again only when a fingerprint of the support images, labels and preprocessing
-settings matches; a different support set replaces them.
+settings matches; a different support set replaces them. Each call fingerprints the
+supports again (SHA-1 over every pixel), unless the caller promises, with
+:data:`SUPPORTS_FIXED`, that its support arrays never change: then the same array objects
+are fingerprinted once (``incontext segment``, whose supports are read-only arrays).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import numpy as np
 import torch
 
 CACHE_KEY = "_prepared_supports"  # the entry of a ``reuse`` dict that holds them
+# set (True) in a ``reuse`` dict by a caller whose support arrays never change between
+# calls, as ``incontext segment``'s (read-only) ones: the fingerprint of the very same
+# arrays is then computed once (:func:`fingerprint`)
+SUPPORTS_FIXED = "_supports_fixed"
+FINGERPRINT_KEY = "_support_fingerprint"  # where :func:`fingerprint` keeps it
 
 
 @dataclass
@@ -55,6 +63,31 @@ def support_key(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
         digest.update(f"{a.shape}{a.dtype.str}".encode())
         digest.update(a.view(np.uint8).reshape(-1))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Fingerprint:
+    arrays: tuple[np.ndarray, ...]  # the arrays themselves: kept alive, compared by identity
+    settings: str
+    key: str
+
+
+def fingerprint(reuse: dict | None, images: Sequence[np.ndarray],
+                labels: Sequence[np.ndarray], settings: Hashable) -> str:
+    """:func:`support_key`, computed once for the same array objects where ``reuse`` holds
+    :data:`SUPPORTS_FIXED` (its caller promises that they never change); otherwise, and
+    for other arrays or settings, every call."""
+    if not (reuse is not None and reuse.get(SUPPORTS_FIXED)):
+        return support_key(images, labels, settings)
+    arrays = (*images, *labels)
+    kept = reuse.get(FINGERPRINT_KEY)
+    if isinstance(kept, _Fingerprint) and kept.settings == repr(settings) \
+            and len(kept.arrays) == len(arrays) \
+            and all(a is b for a, b in zip(arrays, kept.arrays, strict=True)):
+        return kept.key
+    key = support_key(images, labels, settings)
+    reuse[FINGERPRINT_KEY] = _Fingerprint(arrays, repr(settings), key)
+    return key
 
 
 def rendered_supports(prepared: PreparedSupports, value: int, g: int, names: Sequence[str],

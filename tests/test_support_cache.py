@@ -109,3 +109,41 @@ def test_fisher_rendering_of_the_supports_computed_once(model, monkeypatch):
     for a, b in zip(fresh, kept, strict=True):
         assert a.colours == b.colours == ["fisher"]
         np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
+def test_fixed_supports_fingerprinted_once_and_only_for_the_same_arrays(model, monkeypatch):
+    import incontext.support_cache as support_cache
+    from incontext.support_cache import SUPPORTS_FIXED
+
+    images, labels, queries = _task(3)
+    keys = _counting(monkeypatch, support_cache, "support_key")
+    plain: dict = {}
+    for q in queries:
+        segment(model, q, images, labels, reuse=plain, threshold=0.5)
+    assert len(keys) == len(queries)  # without the promise: every call
+    keys.clear()
+    fixed: dict = {SUPPORTS_FIXED: True}
+    got = [segment(model, q, images, labels, reuse=fixed, threshold=0.5) for q in queries]
+    assert len(keys) == 1  # the same arrays: once
+    copies = [im.copy() for im in images]  # equal content, other arrays: computed again
+    again = segment(model, queries[0], copies, labels, reuse=fixed, threshold=0.5)
+    assert len(keys) == 2
+    np.testing.assert_array_equal(again.probabilities, got[0].probabilities)
+    changed = [im.copy() for im in images]
+    changed[0][:8] = 0  # other content: another key, the supports prepared again
+    calls = _counting(monkeypatch)
+    segment(model, queries[0], changed, labels, reuse=fixed, threshold=0.5)
+    assert len(keys) == 3 and len(calls) == 1
+
+
+def test_cli_support_arrays_are_read_only():
+    from incontext.cli.segment_supports import SupportSet
+
+    images, labels, _ = _task(4, colour=False)
+    supports = SupportSet(images=[im.astype(np.float32) for im in images],
+                          labels=[lab.astype(np.int64) for lab in labels], ndim=2,
+                          names=[str(i) for i in range(len(images))])
+    with pytest.raises(ValueError, match="read-only"):
+        supports.images[0][0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        supports.labels[0][0, 0] = 1

@@ -45,6 +45,7 @@ from incontext.io import (
 )
 from incontext.io.files import check_writable
 from incontext.postprocess import postprocess
+from incontext.support_cache import SUPPORTS_FIXED
 from incontext.volumes import choose_axis, resolve_window, slice_steps
 
 # ----------------------------------------------------------------------------- options
@@ -208,7 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     model = _load_model(args.model, getattr(args, "device", "auto"))
     console = Console(stderr=True)
     results: list[FileResult] = []
-    reuse: dict = {}  # per label: tiles, cut and rendering chosen on the supports, once
+    # per label: tiles, cut and rendering chosen on the supports, once; the supports are
+    # the same read-only arrays for every file (SupportSet), so fingerprinted once too
+    reuse: dict = {SUPPORTS_FIXED: True}
     hand = _hand_over(model, supports, wanted, window, args)  # None without --hand-over
     skipped: list[Path] = []  # query files that could not be read after all
     choices: list[LabelChoice] = []  # 2D: per label, what the supports chose (same every file)

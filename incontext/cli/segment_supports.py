@@ -35,6 +35,12 @@ class SupportSet:
     normalized: bool = False  # images already in [0, 1] (index slices): no re-normalisation
     colours: list[np.ndarray | None] = field(default_factory=list)  # (H, W, 3) colour images
 
+    def __post_init__(self) -> None:
+        # read-only: every file of a run is segmented against these very arrays, so
+        # segment() fingerprints them once (support_cache.SUPPORTS_FIXED)
+        for array in (*self.images, *self.labels, *(c for c in self.colours if c is not None)):
+            array.flags.writeable = False
+
     def with_colour(self) -> list[np.ndarray]:
         """Images as given to ``segment(colour=...)``: R, G, B where known, else grey."""
         if not self.colours:
