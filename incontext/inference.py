@@ -205,16 +205,25 @@ def _pick_rendering(run: TiledRunner, names: Sequence[str],
                     s_rend: dict[str, dict[int, torch.Tensor]], soft: dict[int, torch.Tensor],
                     first: torch.Tensor, options: Sequence[int], thresholds: Sequence[float],
                     seed: int) -> tuple[str, Calibration | None]:
-    """The rendering to use for one label, and its calibration when one was computed."""
+    """The rendering to use for one label, and its calibration when one was computed.
+
+    Renderings are compared on the whole image (the smallest tiling); with several tilings
+    only the chosen rendering is then calibrated over all of them (session 31: the same
+    choices as comparing every rendering at every tiling on the training pool's 256-px
+    colour tasks, in half the time)."""
     if len(names) == 1:
         return names[0], None
-    big = max(options)
+    big, whole = max(options), (min(options),)
     cals = {name: support_calibration(run.resized, s_rend[name][big][first], soft[big][first],
-                                      options, thresholds, seed=seed, always_score=True)
+                                      whole, thresholds, seed=seed, always_score=True)
             for name in names}
     chosen = choose_rendering({k: max(c.scores.values()) if c.scores else None
                                for k, c in cals.items()})
-    return chosen, cals[chosen]
+    if len(options) == 1:
+        return chosen, cals[chosen]
+    return chosen, support_calibration(run.resized, s_rend[chosen][big][first],
+                                       soft[big][first], options, thresholds, seed=seed,
+                                       always_score=True)
 
 
 def checked_label_maps(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]

@@ -230,3 +230,31 @@ def test_support_dice_is_kept_with_the_reused_choices():
     again = segment(EchoQuery(32), images[1], images, labels, reuse=reuse)
     assert first.support_dice == again.support_dice
     assert first.support_checks == again.support_checks == [6]
+
+
+def test_colour_renderings_compared_on_the_whole_image_then_one_tiled(monkeypatch):
+    import incontext.inference as inference
+
+    calls = []
+    original = inference.support_calibration
+
+    def recorded(run, images, labels, options, *args, **kwargs):
+        calls.append(tuple(options))
+        return original(run, images, labels, options, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "support_calibration", recorded)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    images, labels = [], []
+    for _ in range(5):
+        disc = ((yy - rng.uniform(20, 44)) ** 2 + (xx - rng.uniform(20, 44)) ** 2 < 120)
+        grey = 80 + 100 * disc + rng.normal(0, 10, disc.shape)
+        images.append(np.clip(np.stack([grey, 255 - grey, grey * 0.5], -1), 0, 255)
+                      .astype(np.uint8))
+        labels.append(disc.astype(np.uint8))
+    model = UniverSeg(encoder_widths=(8, 8), resolution=32).eval()
+    out = segment(model, images[4], images[:4], labels[:4], tiles="auto", colour="auto",
+                  support_flips="off", refine="off")
+    # every rendering scored once on the whole image, then the chosen one at both tilings
+    assert calls[-1] == (1, 2) and set(calls[:-1]) == {(1,)} and len(calls) >= 3
+    assert out.colours[0] in ("luma", "red", "green", "blue", "fisher")

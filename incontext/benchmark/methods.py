@@ -176,9 +176,10 @@ class ModelMethod:
         return self._runner.resized(tiles, queries, support_images, support_labels.clamp(0, 1))
 
     def _calibrate(self, si: torch.Tensor, sl: torch.Tensor, seed: int,
-                   always_score: bool = False) -> Calibration:
-        """The tiling and cut this method uses for one support set (chosen when auto)."""
-        tiles, threshold = self.tiles, self.threshold
+                   always_score: bool = False, tiles: int | None = None) -> Calibration:
+        """The tiling and cut this method uses for one support set (chosen when auto);
+        ``tiles`` fixes the tiling instead of this method's setting."""
+        tiles, threshold = self.tiles if tiles is None else tiles, self.threshold
         thresholds = THRESHOLD_GRID if threshold == "auto" else (float(threshold),)
         if threshold == "auto" or always_score:
             return support_calibration(self._run, si, sl, tile_options(tiles), thresholds,
@@ -209,14 +210,17 @@ class ModelMethod:
         if not options:  # a fixed "fisher" with no foreground/background contrast: plain grey
             options = renderings((DEFAULT_COLOUR,), si, qi, support_colour, query_colour, sl)
         cals, scores = {}, {}
-        for key, (s_img, _) in options.items():
+        tilings = tile_options(self.tiles)
+        for key, (s_img, _) in options.items():  # compared on the whole image, as segment()
             s_t = torch.from_numpy(s_img)
-            cals[key] = self._calibrate(s_t, sl_t, seed, always_score=len(options) > 1)
+            cals[key] = self._calibrate(s_t, sl_t, seed, always_score=len(options) > 1,
+                                        tiles=min(tilings) if len(options) > 1 else None)
             scores[key] = max(cals[key].scores.values()) if cals[key].scores else None
         chosen = choose_rendering(scores) if len(options) > 1 else next(iter(options))
         cal = cals[chosen]
-        if len(options) > 1 and self.threshold != "auto" and is_auto(self.tiles):
-            cal = self._calibrate(torch.from_numpy(options[chosen][0]), sl_t, seed)
+        if len(options) > 1 and len(tilings) > 1:  # then the chosen one's tiling and cut
+            cal = self._calibrate(torch.from_numpy(options[chosen][0]), sl_t, seed,
+                                  always_score=self.threshold == "auto")
         s_img, q_img = options[chosen]
         return chosen, torch.from_numpy(s_img), torch.from_numpy(q_img), cal
 
