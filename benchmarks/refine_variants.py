@@ -22,7 +22,10 @@ heads has the higher 2-fold Dice, where that beats the model's leave-one-out Dic
 28: tried as ``segment``'s default from 4 supports, not adopted; docs/segment.md).
 ``base+post`` then applies to ``base``'s masks the post-processing (none, largest
 component, fill holes, both; ``segment --largest-component / --fill-holes``) that best
-segments the supports' cross-validated masks. No query label is used by any choice.
+segments the supports' cross-validated masks. ``base+self-app`` / ``base+self-coarse``
+refine ``base``'s output on each image from that image's own pixels (:func:`self_refine`, a
+GrabCut-like appearance head; session 32: tried, not adopted; docs/segment.md), where that
+raises the supports' cross-validated Dice. No query label is used by any choice.
 
 Run it on training-pool indexes only, on the val split (choices are tuned there):
 
@@ -53,6 +56,38 @@ from pool_tasks import (  # noqa: E402
 VARIANTS = {"base": {}, "scales": {"scales": True}, "wide": {"hidden": 64, "steps": 600},
             "deep": {"deep": True}}
 POST = ("none", "largest", "fill", "largest+fill")
+SELF = ("none", "app", "coarse")  # base+self: see self_refine
+SELF_WEIGHT = 0.25  # of the appearance head's logit, added to the base logit
+SELF_STEPS = 150
+
+
+def self_refine(image, prob, cut: float, colour, name: str):
+    """``prob`` (H, W) refined from its own image: an appearance head (the pixel head's image
+    filters, without the probability; ``coarse``: plus the logit smoothed at 4 px) fitted on
+    the pixels sure to be inside (the mask at ``cut`` eroded by 2 px) and outside (farther
+    than 4 px from it), its logit clipped at ±3.9 and added with weight
+    :data:`SELF_WEIGHT` to the logit of ``prob``. ``prob`` unchanged for ``none`` and where
+    either side has under 20 pixels."""
+    import numpy as np
+    from scipy import ndimage
+
+    from incontext.refine import fit_pixel_head, pixel_features
+
+    mask = prob >= cut
+    inside = ndimage.binary_erosion(mask, iterations=2)
+    outside = ~ndimage.binary_dilation(mask, iterations=4)
+    if name == "none" or inside.sum() < 20 or outside.sum() < 20:
+        return prob
+    p = np.clip(prob, 1e-4, 1 - 1e-4)
+    logit = np.log(p / (1 - p))
+    feats = pixel_features(image, None, colour)
+    if name == "coarse":
+        feats = np.concatenate([feats, ndimage.gaussian_filter(logit, 4.0).reshape(-1, 1)], 1)
+    keep = (inside | outside).reshape(-1)
+    head = fit_pixel_head(feats[keep], inside.reshape(-1)[keep].astype(np.float32), 0,
+                          steps=SELF_STEPS)
+    a = np.clip(head.predict(feats).reshape(prob.shape), 0.02, 0.98)
+    return 1 / (1 + np.exp(-(logit + SELF_WEIGHT * np.log(a / (1 - a)))))
 
 
 def image_features(images, probs, colour, deep, variant: dict) -> list:
@@ -163,7 +198,8 @@ def run_task(model, task, support_size: int, repeats: int,
                 cv = {t: mean_dice(held >= t, truth) for t in THRESHOLD_GRID}
                 cut = max(cv, key=lambda t: (round(cv[t], 6), -abs(t - 0.5)))
                 head = fit_head(np.concatenate(fs), targets.reshape(-1), draw.seed, variant)
-                masks_q = np.stack([head.predict(f).reshape(shape) for f in fq]) >= cut
+                probs_q = np.stack([head.predict(f).reshape(shape) for f in fq])
+                masks_q = probs_q >= cut
                 use = cv[cut] > model_loo
                 row[f"{name}_cv"] = cv[cut]
                 row[f"{name}-always"] = mean_dice(masks_q, truth_q)
@@ -175,10 +211,26 @@ def run_task(model, task, support_size: int, repeats: int,
                                                          truth) for p in POST}
                     row["post_queries"] = {p: mean_dice([post_process(m, p) for m in masks_q],
                                                         truth_q) for p in POST}
+                    row["self_supports"], row["self_queries"] = self_scores(
+                        (si.numpy(), held if use else loo, colour, truth),
+                        (task.query_images, probs_q if use else prob_q, task.query_colour,
+                         truth_q), cut if use else cal.threshold)
             rows.append(row)
         return rows
     finally:
         hook.remove()
+
+
+def self_scores(supports: tuple, queries: tuple, cut: float) -> tuple[dict, dict]:
+    """Mean Dice at ``cut`` of the supports' and the queries' probabilities after each of
+    :data:`SELF`; each tuple: (images, probabilities, colour or None, truth)."""
+    out = []
+    for images, probs, colour, truth in (supports, queries):
+        out.append({name: mean_dice([self_refine(images[i], probs[i], cut,
+                                                 None if colour is None else colour[i], name)
+                                     >= cut for i in range(len(probs))], truth)
+                    for name in SELF})
+    return out[0], out[1]
 
 
 def scores_of(row: dict) -> dict[str, float]:
@@ -192,6 +244,10 @@ def scores_of(row: dict) -> dict[str, float]:
     sup = row["post_supports"]
     best = max(POST, key=lambda p: (round(sup[p], 6), p == "none"))
     out["base+post"] = row["post_queries"][best if sup[best] > sup["none"] else "none"]
+    if "self_supports" in row:
+        sup, query = row["self_supports"], row["self_queries"]
+        for name in SELF[1:]:
+            out[f"base+self-{name}"] = query[name if sup[name] > sup["none"] else "none"]
     return out
 
 
