@@ -237,3 +237,26 @@ def test_support_check_table_says_how_many_supports_each_query_had():
     print_support_checks([choice], console)
     text = console.export_text()
     assert "supports per query" in text and "16 nearest" in text
+
+
+def test_low_support_dice_note_suggests_the_hand_over_only_where_it_was_not_tried():
+    from rich.console import Console
+
+    from incontext.cli.segment_report import LabelChoice, print_support_checks
+
+    def notes(choice: LabelChoice) -> str:
+        console = Console(record=True, width=400)
+        print_support_checks([choice], console)
+        return "\n".join(line for line in console.export_text().splitlines()
+                         if line.startswith("note:"))
+
+    low = LabelChoice(label=1, tiles=1, cut=0.3, rendering="luma", support_dice=0.31,
+                      support_checks=8)
+    assert "label 1 reaches Dice 0.31" in notes(low) and "--hand-over" in notes(low)
+    compared = {"model_dice": 0.31, "unet_dice": 0.2, "unet_size": 128}
+    tried = LabelChoice(label=1, tiles=1, cut=0.3, rendering="luma", support_dice=0.31,
+                        support_checks=8, hand_over=compared)
+    assert "label 1 reaches" in notes(tried) and "--hand-over" not in notes(tried)
+    good = LabelChoice(label=1, tiles=1, cut=0.3, rendering="luma", support_dice=0.8,
+                       support_checks=8)
+    assert notes(good) == ""

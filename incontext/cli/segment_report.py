@@ -140,9 +140,12 @@ def print_support_checks(choices: list[LabelChoice], console) -> None:
     console.print(table)
     low = [c for c in choices if c.support_dice is not None and c.support_dice < LOW_SUPPORT_DICE]
     for c in low:
+        # without --hand-over, a U-Net trained on the supports is the untried option
+        unet = ", or --hand-over (a U-Net trained on the supports where it segments them " \
+               "better)" if c.method == "model" and c.hand_over is None else ""
         console.print(f"note: label {c.label} reaches Dice {c.support_dice:.2f} on supports "
                       f"segmented from the others: check its masks; more (or more varied) "
-                      f"supports, or --tiles 2 for thin structures, may help")
+                      f"supports, or --tiles 2 for thin structures{unet}, may help")
 
 
 def _method_text(c: LabelChoice) -> str:
