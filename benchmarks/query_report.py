@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool_tasks import as_images  # noqa: E402
 
 
 def overlay_rows(images: list, masks: list, truths: list):
@@ -71,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         q_rgb = index.load_split_colour(args.task, args.query_split)
     pick = np.sort(np.random.default_rng(args.seed).permutation(len(s_grey))[:args.support_size])
     n_q = min(args.queries, len(q_grey))
-    supports = [s_grey[i] if s_rgb is None else s_rgb[i].transpose(1, 2, 0) for i in pick]
-    queries = [q_grey[i] if q_rgb is None else q_rgb[i].transpose(1, 2, 0) for i in range(n_q)]
+    supports, queries = as_images(s_grey, s_rgb, pick), as_images(q_grey, q_rgb, range(n_q))
     model = incontext.load_model(args.model) if args.model else incontext.load_model()
     reuse: dict = {}
     out = incontext.segment(model.eval(), queries, supports,

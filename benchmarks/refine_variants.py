@@ -73,10 +73,12 @@ def self_refine(image, prob, cut: float, colour, name: str):
 
     from incontext.refine import fit_pixel_head, pixel_features
 
+    if name == "none":
+        return prob
     mask = prob >= cut
     inside = ndimage.binary_erosion(mask, iterations=2)
     outside = ~ndimage.binary_dilation(mask, iterations=4)
-    if name == "none" or inside.sum() < 20 or outside.sum() < 20:
+    if inside.sum() < 20 or outside.sum() < 20:
         return prob
     p = np.clip(prob, 1e-4, 1 - 1e-4)
     logit = np.log(p / (1 - p))
